@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what the project needs on a Debian machine: system packages (Redis, Chromium,
+# ChromeDriver, Xvfb, CJK fonts) and the Python environment in .venv at the repository root.
+# Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(redis-server chromium chromium-driver xvfb xauth fonts-noto-cjk)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+VPY=.venv/bin/python
+stamp=.venv/.installed-$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  $VPY -m pip install -q -U pip wheel
+  # Torch first, pinned to the build this machine carries; the extras then accept it as is.
+  $VPY -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+  $VPY -m pip install -q -e ".[trainer,crawler,shop,control,test]"
+  # The original implementation, for the fidelity tests only. --no-deps: it pins an old lmdb.
+  $VPY -m pip install -q --no-deps "cn-clip==1.6.0"
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi

@@ -1,0 +1,81 @@
+"""Every Redis key, stream and channel the services share, in one place.
+
+All keys live under one prefix so a Redis shared with other software stays tidy, and so tests
+can point two stacks at one server by changing the prefix.
+"""
+from __future__ import annotations
+
+import os
+
+PREFIX = os.environ.get("CNCLIP_REDIS_PREFIX", "cnclip")
+
+# Celery queues
+CRAWL_QUEUE = "crawl"
+GPU_QUEUE = "gpu"
+
+
+# ---- crawler pool -------------------------------------------------------------------------
+def crawler_ranks() -> str:
+    """Set of crawler ranks that have ever published a login state."""
+    return f"{PREFIX}:crawler:ranks"
+
+
+def crawler_login(rank: int) -> str:
+    """Hash: the rank's LoginState fields (see shared.messages.LoginState)."""
+    return f"{PREFIX}:crawler:{rank}:login"
+
+
+def crawler_qr(rank: int) -> str:
+    """String: the rank's current QR code as PNG bytes (absent when none is shown)."""
+    return f"{PREFIX}:crawler:{rank}:qr"
+
+
+def crawler_login_channel() -> str:
+    """Pub/sub channel: a rank number is published whenever its login state changes."""
+    return f"{PREFIX}:crawler:login-events"
+
+
+def crawler_stats(rank: int) -> str:
+    """Hash: counters of a rank (pages, queries, images, failures, last_seen)."""
+    return f"{PREFIX}:crawler:{rank}:stats"
+
+
+def crawl_done(request_id: str) -> str:
+    """String set once a request's result was pushed: makes duplicate deliveries no-ops."""
+    return f"{PREFIX}:crawl:done:{request_id}"
+
+
+def crawl_failures() -> str:
+    """Stream of per-image and per-query crawl failures (replaces the prototype's mark_log/)."""
+    return f"{PREFIX}:crawl:failures"
+
+
+def crawl_results(job_id: str, rank: int) -> str:
+    """Stream a trainer rank reads its crawl results from (the request names it as reply_stream)."""
+    return f"{PREFIX}:job:{job_id}:crawl:{rank}"
+
+
+# ---- jobs ---------------------------------------------------------------------------------
+def jobs_index() -> str:
+    """Sorted set of job ids scored by creation time."""
+    return f"{PREFIX}:jobs"
+
+
+def job(job_id: str) -> str:
+    """Hash: a job's record (see shared.jobs.JobRecord)."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def job_events(job_id: str) -> str:
+    """Stream of a job's events (progress, metrics, log lines, state changes)."""
+    return f"{PREFIX}:job:{job_id}:events"
+
+
+def job_cancel(job_id: str) -> str:
+    """String set when a job is to be cancelled; the runner polls it."""
+    return f"{PREFIX}:job:{job_id}:cancel"
+
+
+def idempotency(key: str) -> str:
+    """String: the job id created for an idempotency key."""
+    return f"{PREFIX}:idempotency:{key}"
