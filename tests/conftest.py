@@ -5,6 +5,9 @@ import redis as redis_lib
 
 from tests.helpers import RedisServer
 
+# Fixtures of one area that other areas' tests use too (the shop, crawler workers, tiny data).
+pytest_plugins = ["tests.fixtures_shop", "tests.fixtures_crawler", "tests.fixtures_trainer"]
+
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
