@@ -79,3 +79,8 @@ def job_cancel(job_id: str) -> str:
 def idempotency(key: str) -> str:
     """String: the job id created for an idempotency key."""
     return f"{PREFIX}:idempotency:{key}"
+
+
+def crawler_rank_claim(rank: int) -> str:
+    """String with a TTL: which crawler worker holds a rank (refreshed while it lives)."""
+    return f"{PREFIX}:crawler:{rank}:claim"

@@ -1,0 +1,92 @@
+"""Talks to the control service the way a user's script would: submits a job, follows its
+events until it ends, prints the outcome. Used by scripts/demo.sh.
+
+    python scripts/demo_client.py train|predict SPEC_JSON    prints the job id
+    python scripts/demo_client.py follow JOB_ID              progress lines, then the result
+Reads CNCLIP_CONTROL_PORT and CNCLIP_CONTROL_TOKEN from the environment."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import httpx
+
+
+def _client() -> httpx.Client:
+    port = os.environ.get("CNCLIP_CONTROL_PORT", "8000")
+    return httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30,
+                        headers={"Authorization": f"Bearer {os.environ['CNCLIP_CONTROL_TOKEN']}"})
+
+
+def submit(kind: str, spec: str) -> int:
+    with _client() as client:
+        response = client.post(f"/jobs/{kind}", json=json.loads(spec))
+    if response.status_code >= 400:
+        print(f"refused ({response.status_code}): {response.text}", file=sys.stderr)
+        return 1
+    print(response.json()["id"])
+    return 0
+
+
+def _line(event: dict) -> str | None:
+    data, kind = event["data"], event["type"]
+    if kind == "train_step":
+        return (f"  step {data.get('step')}/{data.get('total_steps')}  loss {data.get('loss', 0):.4f}  "
+                f"lr {data.get('lr', 0):.2e}  {data.get('samples_per_s', 0):.0f} samples/s")
+    if kind == "validation":
+        return (f"  validation @ step {data.get('step')}: R@1 {data.get('r1')}  R@5 {data.get('r5')}  "
+                f"R@10 {data.get('r10')}  MR {data.get('mr')}")
+    if kind == "phase":
+        return f"  phase: {data.get('name')}"
+    if kind == "state":
+        return f"  state: {data.get('state')}" + (f" ({data['reason']})" if data.get("reason") else "")
+    if kind == "log" and data.get("level") in ("error", "warning"):
+        return f"  {data.get('level')}: {data.get('message')}"
+    return None
+
+
+def follow(job_id: str) -> int:
+    port = os.environ.get("CNCLIP_CONTROL_PORT", "8000")
+    headers = {"Authorization": f"Bearer {os.environ['CNCLIP_CONTROL_TOKEN']}"}
+    last_id = None
+    with _client() as client:
+        while True:
+            # The stream ends with the job; if it breaks off earlier, resume after the last event.
+            if last_id:
+                headers["Last-Event-ID"] = last_id
+            try:
+                with httpx.stream("GET", f"http://127.0.0.1:{port}/jobs/{job_id}/events",
+                                  headers=headers, timeout=None) as response:
+                    for raw in response.iter_lines():
+                        if raw.startswith("id:"):
+                            last_id = raw[3:].strip()
+                        elif raw.startswith("data:"):
+                            event = json.loads(raw[5:].strip())
+                            line = _line(event) if "type" in event else None
+                            if line:
+                                print(line, flush=True)
+            except httpx.TransportError:
+                pass
+            job = client.get(f"/jobs/{job_id}").json()
+            if job["state"] in ("succeeded", "failed", "cancelled"):
+                break
+    print(f"job {job_id}: {job['state']}" + (f" - {job['reason']}" if job["reason"] else ""))
+    if job["result"]:
+        print(json.dumps(job["result"], indent=2, ensure_ascii=False))
+    if job["state"] != "succeeded" and job["log_tail"]:
+        print("\n".join(job["log_tail"][-15:]))
+    return 0 if job["state"] == "succeeded" else 1
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 3 and argv[1] in ("train", "predict"):
+        return submit(argv[1], argv[2])
+    if len(argv) == 3 and argv[1] == "follow":
+        return follow(argv[2])
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,61 @@
+"""The control service: job API, /login, /status, /metrics, OpenAPI docs at /docs."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import redis as redis_lib
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi.concurrency import run_in_threadpool
+
+from services.control.auth import AuthMiddleware, resolve_token
+from services.control.metrics import LatencyMiddleware
+from services.control.routes import jobs, login, pages, status
+from services.control.security import COMMON_RESPONSES, bearer
+from services.control.settings import ControlSettings
+from services.control.state import ControlState, get_state
+
+HERE = Path(__file__).parent
+
+
+def create_app(settings: ControlSettings | None = None) -> FastAPI:
+    settings = settings or ControlSettings()
+    token = resolve_token(settings)  # refuses a non-loopback address without a token
+    control = ControlState.build(settings, token)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        await control.close()
+
+    app = FastAPI(title="Online-CNCLIP control",
+                  description="Submit and follow training and prediction jobs; watch the crawler pool.",
+                  version="0.1.0", lifespan=lifespan)
+    app.state.control = control
+    app.state.status_cache = status.StatusCache(settings.status_cache_s)
+    app.state.templates = Jinja2Templates(directory=str(HERE / "templates"))
+    app.include_router(pages.router)
+    app.include_router(jobs.router)
+    app.include_router(login.router)
+    app.include_router(status.router)
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+
+    @app.get("/metrics", tags=["metrics"], dependencies=[Depends(bearer)],
+             response_class=Response, responses={200: {"content": {"text/plain": {}}}, **COMMON_RESPONSES},
+             summary="Prometheus metrics")
+    async def metrics(state: ControlState = Depends(get_state)) -> Response:
+        body = await run_in_threadpool(generate_latest, state.metrics.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(redis_lib.RedisError)
+    async def redis_unavailable(_request: Request, exc: redis_lib.RedisError) -> JSONResponse:
+        return JSONResponse({"detail": f"Redis is unavailable: {exc}"}, status_code=503)
+
+    # Outermost first: latency covers everything, including refused requests.
+    app.add_middleware(AuthMiddleware, token=token)
+    app.add_middleware(LatencyMiddleware, metrics=control.metrics, router_app=app)
+    return app

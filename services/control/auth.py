@@ -1,0 +1,121 @@
+"""Authentication: one shared token guards every route but ``/healthz``.
+
+The API takes it as ``Authorization: Bearer <token>`` (or HTTP basic with the token as
+password, for curl -u); pages get a session cookie from a sign-in form. The cookie holds an
+HMAC of the token, not the token, and is HttpOnly + SameSite=Strict so other sites can neither
+read it nor make the browser send it. This is plain ASGI middleware so that static files, the
+OpenAPI docs and streaming responses are covered too.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+from html import escape
+from typing import Any
+
+from services.control.settings import ControlSettings, is_loopback
+
+log = logging.getLogger(__name__)
+COOKIE = "cnclip_session"
+OPEN_PATHS = frozenset({"/healthz"})
+SIGN_IN_PATH = "/auth/session"
+
+
+class InsecureBindError(RuntimeError):
+    pass
+
+
+def resolve_token(settings: ControlSettings) -> str:
+    if settings.token is not None and settings.token.get_secret_value():
+        return settings.token.get_secret_value()
+    if not is_loopback(settings.host):
+        raise InsecureBindError(
+            f"refusing to listen on {settings.host}: set CNCLIP_CONTROL_TOKEN for any "
+            "non-loopback address (QR codes are keys to a shopping account)")
+    token = secrets.token_urlsafe(24)
+    if settings.token_file:
+        settings.token_file.parent.mkdir(parents=True, exist_ok=True)
+        settings.token_file.touch(mode=0o600)
+        settings.token_file.write_text(token)
+        log.warning("no CNCLIP_CONTROL_TOKEN set; made one up and wrote it to %s", settings.token_file)
+    else:
+        log.warning("no CNCLIP_CONTROL_TOKEN set; this run's token is %s", token)
+    return token
+
+
+def session_value(token: str) -> str:
+    return hmac.new(token.encode(), b"cnclip-control-session-v1", hashlib.sha256).hexdigest()
+
+
+def _headers(scope: dict[str, Any]) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+
+def request_token_ok(headers: dict[str, str], token: str) -> bool:
+    auth = headers.get("authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode()):
+        return True
+    if scheme.lower() == "basic":
+        try:
+            _, _, password = base64.b64decode(value.strip()).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            password = ""
+        if password and hmac.compare_digest(password.encode(), token.encode()):
+            return True
+    cookie = headers.get("cookie", "")
+    expected = session_value(token)
+    for part in cookie.split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == COOKIE and hmac.compare_digest(value.encode(), expected.encode()):
+            return True
+    return False
+
+
+def sign_in_page(next_path: str = "/status", error: str = "") -> str:
+    message = f'<p class="error">{escape(error)}</p>' if error else ""
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>Sign in - Online-CNCLIP</title><meta name="viewport" content="width=device-width">
+<style>body{{font-family:system-ui,sans-serif;background:#f4f5f7;display:flex;justify-content:center;
+padding-top:10vh}}form{{background:#fff;padding:2em;border-radius:8px;box-shadow:0 1px 4px #0002;
+min-width:20em}}input{{width:100%;padding:.5em;margin:.5em 0 1em;box-sizing:border-box}}
+.error{{color:#b00020}}button{{padding:.5em 1.5em}}</style></head><body>
+<form method="post" action="{SIGN_IN_PATH}" id="sign-in"><h1>Online-CNCLIP</h1>{message}
+<label for="token">Access token</label><input type="password" id="token" name="token" autofocus required>
+<input type="hidden" name="next" value="{escape(next_path)}"><button type="submit">Sign in</button>
+</form></body></html>"""
+
+
+class AuthMiddleware:
+    def __init__(self, app, token: str):
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        if path in OPEN_PATHS or (path == SIGN_IN_PATH and scope.get("method") == "POST"):
+            return await self.app(scope, receive, send)
+        headers = _headers(scope)
+        if request_token_ok(headers, self.token):
+            return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 4401})
+            return
+        wants_html = "text/html" in headers.get("accept", "") and scope.get("method") == "GET"
+        if wants_html:
+            query = scope.get("query_string", b"").decode("latin-1")
+            body = sign_in_page(path + (f"?{query}" if query else "")).encode()
+            content_type = b"text/html; charset=utf-8"
+        else:
+            body = json.dumps({"detail": "authentication required: Authorization: Bearer <token>"}).encode()
+            content_type = b"application/json"
+        await send({"type": "http.response.start", "status": 401, "headers": [
+            (b"content-type", content_type), (b"content-length", str(len(body)).encode()),
+            (b"www-authenticate", b'Bearer realm="cnclip"'), (b"cache-control", b"no-store")]})
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,145 @@
+"""Reads what the crawler pool publishes: each rank's login state and QR code, its counters,
+and the depth of the crawl queue in the Celery broker."""
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+import redis as redis_lib
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+
+from shared import redis_keys
+from shared.messages import LoginState
+
+# kombu's Redis transport keeps a queue in a list named after it, plus one list per priority
+# step other than the default ("<queue>\x06\x16<priority>").
+_PRIORITY_STEPS = (3, 6, 9)
+
+
+def queue_lists(queue: str) -> list[str]:
+    return [queue] + [f"{queue}\x06\x16{p}" for p in _PRIORITY_STEPS]
+
+
+def _decode(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _ranks(raw: set) -> list[int]:
+    ranks = []
+    for value in raw:
+        try:
+            ranks.append(int(_decode(value)))
+        except ValueError:
+            continue
+    return sorted(ranks)
+
+
+def _login_state(rank: int, data: dict) -> LoginState | None:
+    if not data:
+        return None
+    try:
+        return LoginState.from_hash(data)
+    except (ValidationError, ValueError):
+        return LoginState(rank=rank, state="error", detail="unreadable login state")
+
+
+def login_states_sync(client: redis_lib.Redis) -> list[LoginState]:
+    ranks = _ranks(client.smembers(redis_keys.crawler_ranks()))
+    pipe = client.pipeline(transaction=False)
+    for rank in ranks:
+        pipe.hgetall(redis_keys.crawler_login(rank))
+    states = [_login_state(r, d) for r, d in zip(ranks, pipe.execute())]
+    return [s for s in states if s is not None]
+
+
+def crawl_queue_depth_sync(client: redis_lib.Redis) -> int:
+    pipe = client.pipeline(transaction=False)
+    for name in queue_lists(redis_keys.CRAWL_QUEUE):
+        pipe.llen(name)
+    return int(sum(pipe.execute()))
+
+
+async def login_states(client: aioredis.Redis) -> list[LoginState]:
+    ranks = _ranks(await client.smembers(redis_keys.crawler_ranks()))
+    async with client.pipeline(transaction=False) as pipe:
+        for rank in ranks:
+            pipe.hgetall(redis_keys.crawler_login(rank))
+        results = await pipe.execute()
+    states = [_login_state(r, d) for r, d in zip(ranks, results)]
+    return [s for s in states if s is not None]
+
+
+async def login_state(client: aioredis.Redis, rank: int) -> LoginState | None:
+    return _login_state(rank, await client.hgetall(redis_keys.crawler_login(rank)))
+
+
+def login_view(state: LoginState, has_qr: bool) -> dict[str, Any]:
+    view = state.model_dump()
+    view["has_qr"] = has_qr
+    view["qr_url"] = f"/login/{state.rank}/qr.png?v={state.qr_updated_at or 0}" if has_qr else None
+    return view
+
+
+async def login_views(client: aioredis.Redis) -> list[dict[str, Any]]:
+    states = await login_states(client)
+    async with client.pipeline(transaction=False) as pipe:
+        for state in states:
+            pipe.exists(redis_keys.crawler_qr(state.rank))
+        has = await pipe.execute()
+    return [login_view(s, bool(h)) for s, h in zip(states, has)]
+
+
+class PagesRate:
+    """Pages per minute of each rank, from the growth of its ``pages`` counter between reads
+    over the last few minutes (the crawler only keeps totals)."""
+
+    WINDOW_S = 300.0
+
+    def __init__(self):
+        self._samples: dict[int, deque[tuple[float, float]]] = {}
+
+    def observe(self, rank: int, pages: float, now: float | None = None) -> float | None:
+        now = time.time() if now is None else now
+        samples = self._samples.setdefault(rank, deque())
+        if samples and pages < samples[-1][1]:
+            samples.clear()  # the counter restarted
+        samples.append((now, pages))
+        while len(samples) > 2 and now - samples[0][0] > self.WINDOW_S:
+            samples.popleft()
+        t0, p0 = samples[0]
+        if now - t0 < 1.0:
+            return None
+        return round((pages - p0) / (now - t0) * 60.0, 2)
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(_decode(value))
+    except (TypeError, ValueError):
+        return 0.0
+
+
+async def crawler_pool(client: aioredis.Redis, rates: PagesRate) -> dict[str, Any]:
+    states = await login_states(client)
+    async with client.pipeline(transaction=False) as pipe:
+        for state in states:
+            pipe.hgetall(redis_keys.crawler_stats(state.rank))
+        for name in queue_lists(redis_keys.CRAWL_QUEUE):
+            pipe.llen(name)
+        results = await pipe.execute()
+    stats, depths = results[:len(states)], results[len(states):]
+    ranks = []
+    for state, raw in zip(states, stats):
+        counters = {_decode(k): _number(v) for k, v in (raw or {}).items()}
+        ppm = rates.observe(state.rank, counters.get("pages", 0.0))
+        if "pages_per_min" in counters:
+            ppm = counters["pages_per_min"]
+        ranks.append({"rank": state.rank, "state": state.state, "since": state.since,
+                      "updated_at": state.updated_at, "detail": state.detail, "host": state.host,
+                      "pages_per_min": ppm, **{k: counters[k] for k in
+                                               ("pages", "queries", "images", "failures", "last_seen")
+                                               if k in counters}})
+    return {"ranks": ranks, "queue_depth": int(sum(depths)),
+            "logged_in": sum(1 for r in ranks if r["state"] == "logged_in")}

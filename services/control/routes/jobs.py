@@ -1,0 +1,176 @@
+"""The job API: submit, list, read, follow (SSE) and cancel jobs."""
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Any
+
+import redis as redis_lib
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel
+from sse_starlette.sse import EventSourceResponse
+
+from shared import redis_keys
+from shared.jobs import (TERMINAL, IdempotencyConflict, InvalidTransition, JobNotFound, JobRecord,
+                         JobState, parse_event_fields)
+from shared.jobspec import IDEMPOTENCY_PATTERN, JobSpec, PredictSpec, TrainSpec
+from services.control.security import COMMON_RESPONSES, bearer
+from services.control.state import ControlState, get_state
+
+JOB_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+STREAM_ID_PATTERN = r"^(0|\d{1,20}-\d{1,20})$"
+JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="Job id")]
+
+router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(bearer)], responses=COMMON_RESPONSES)
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+class JobList(BaseModel):
+    jobs: list[JobRecord]
+    total: int
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorBody}, 404: {"model": ErrorBody}}
+
+
+def _submit(state: ControlState, spec: JobSpec, key: str | None) -> tuple[JobRecord, bool]:
+    try:
+        record, created = state.store.create(spec, idempotency_key=key)
+    except IdempotencyConflict as exc:
+        raise HTTPException(409, str(exc)) from exc
+    if not created:
+        return record, False
+    root = state.settings.data_root
+    if state.settings.check_inputs and root.is_dir():
+        problems = spec.missing_inputs(root)
+        if problems:
+            record = state.store.transition(record.id, "failed",
+                                            reason="missing inputs: " + "; ".join(problems))
+            return record, True
+    try:
+        state.send_job(record.id, spec.nnodes)
+    except Exception as exc:  # the broker is unreachable: the job must not wait forever
+        state.store.transition(record.id, "failed", reason=f"could not queue the job: {exc}")
+        raise HTTPException(503, f"could not queue the job: {exc}") from exc
+    return record, True
+
+
+async def _create(spec: JobSpec, response: Response, state: ControlState, key: str | None) -> JobRecord:
+    record, created = await run_in_threadpool(_submit, state, spec, key)
+    response.status_code = 201 if created else 200
+    response.headers["Location"] = f"/jobs/{record.id}"
+    return record
+
+
+_SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": JobRecord, "description": "The job created earlier under this idempotency key"},
+    400: {"model": ErrorBody, "description": "The body is not JSON"},
+    401: {"model": ErrorBody}, 409: {"model": ErrorBody, "description": "Idempotency key reused with another spec"},
+    503: {"model": ErrorBody, "description": "The broker is unreachable"}}
+
+IdempotencyHeader = Annotated[str | None, Header(pattern=IDEMPOTENCY_PATTERN, alias="Idempotency-Key",
+                                                 description="Overrides the spec's idempotency_key")]
+
+
+@router.post("/train", status_code=201, response_model=JobRecord, responses=_SUBMIT_RESPONSES,
+             summary="Submit a training job")
+async def submit_train(spec: TrainSpec, response: Response, state: ControlState = Depends(get_state),
+                       idempotency_key: IdempotencyHeader = None) -> JobRecord:
+    return await _create(spec, response, state, idempotency_key)
+
+
+@router.post("/predict", status_code=201, response_model=JobRecord, responses=_SUBMIT_RESPONSES,
+             summary="Submit a prediction job (single, ensemble or ensemble-last)")
+async def submit_predict(spec: PredictSpec, response: Response, state: ControlState = Depends(get_state),
+                         idempotency_key: IdempotencyHeader = None) -> JobRecord:
+    return await _create(spec, response, state, idempotency_key)
+
+
+@router.get("", response_model=JobList, responses={401: {"model": ErrorBody}}, summary="List jobs, newest first")
+async def list_jobs(state: ControlState = Depends(get_state),
+                    job_state: Annotated[JobState | None, Query(alias="state")] = None,
+                    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> JobList:
+    records = await run_in_threadpool(state.store.list, limit, offset, job_state)
+    total = await state.redis.zcard(redis_keys.jobs_index())
+    return JobList(jobs=records, total=int(total))
+
+
+def _get(state: ControlState, job_id: str) -> JobRecord:
+    try:
+        return state.store.get(job_id)
+    except JobNotFound as exc:
+        raise HTTPException(404, f"no job {job_id}") from exc
+
+
+@router.get("/{job_id}", response_model=JobRecord, responses=_ERRORS, summary="One job")
+async def get_job(job_id: JobId, state: ControlState = Depends(get_state)) -> JobRecord:
+    return await run_in_threadpool(_get, state, job_id)
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobRecord,
+             responses={**_ERRORS, 409: {"model": ErrorBody, "description": "The job already ended"}},
+             summary="Cancel a job (a running one is stopped with its whole process group)")
+async def cancel_job(job_id: JobId, state: ControlState = Depends(get_state)) -> JobRecord:
+    def cancel() -> JobRecord:
+        try:
+            return state.store.request_cancel(job_id)
+        except JobNotFound as exc:
+            raise HTTPException(404, f"no job {job_id}") from exc
+        except InvalidTransition as exc:
+            raise HTTPException(409, f"job {job_id} already {exc.current}") from exc
+    return await run_in_threadpool(cancel)
+
+
+@router.get("/{job_id}/series", responses=_ERRORS, summary="Chart data of a job (folded from its events)")
+async def job_series(job_id: JobId, state: ControlState = Depends(get_state)) -> dict[str, Any]:
+    if not await state.redis.exists(redis_keys.job(job_id)):
+        raise HTTPException(404, f"no job {job_id}")
+    return await state.series.get(state.redis, job_id)
+
+
+@router.get("/{job_id}/events", responses={
+    **_ERRORS, 200: {"description": "Server-sent events: one per job event (id = stream id, "
+                                    "event = type, data = JobEvent JSON); ends when the job ends",
+                     "content": {"text/event-stream": {}}}},
+    summary="Follow a job's events (SSE)", response_class=EventSourceResponse)
+async def job_events(request: Request, job_id: JobId, state: ControlState = Depends(get_state),
+                     after: Annotated[str | None, Query(pattern=STREAM_ID_PATTERN,
+                                                        description="Resume after this event id")] = None,
+                     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None):
+    if not await state.redis.exists(redis_keys.job(job_id)):
+        raise HTTPException(404, f"no job {job_id}")
+    start = after or (last_event_id if last_event_id and re.match(STREAM_ID_PATTERN, last_event_id) else "0")
+    return EventSourceResponse(_follow(state, job_id, start), ping=state.settings.sse_ping_s)
+
+
+async def _follow(state: ControlState, job_id: str, last: str):
+    key = redis_keys.job_events(job_id)
+    block_ms = int(state.settings.sse_ping_s * 1000)
+    while True:
+        try:
+            batches = await state.redis.xread({key: last}, count=500, block=block_ms)
+        except redis_lib.RedisError as exc:
+            yield {"event": "error", "data": json.dumps({"detail": str(exc)})}
+            return
+        ended = False
+        for _, entries in batches or []:
+            for entry_id, fields in entries:
+                last = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                try:
+                    event = parse_event_fields(fields)
+                except ValueError:
+                    continue
+                yield {"id": last, "event": event.type, "data": event.model_dump_json()}
+                if event.type == "state" and event.data.get("state") in TERMINAL:
+                    ended = True
+        if ended:
+            return
+        if not batches:
+            raw = await state.redis.hget(redis_keys.job(job_id), "state")
+            if raw is None or json.loads(raw) in TERMINAL:
+                return

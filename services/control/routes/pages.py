@@ -1,0 +1,54 @@
+"""Sign-in for the pages (a cookie), health, and the landing redirect."""
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+import redis as redis_lib
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+
+from services.control.auth import COOKIE, session_value, sign_in_page
+from services.control.state import ControlState, get_state
+
+router = APIRouter(include_in_schema=False)
+
+
+def _safe_next(path: str) -> str:
+    # Only paths of this site: "//host" or "https://..." would send the user elsewhere.
+    if not path.startswith("/") or path.startswith("//") or "\\" in path:
+        return "/status"
+    return path
+
+
+@router.get("/healthz")
+async def healthz(state: ControlState = Depends(get_state)) -> JSONResponse:
+    try:
+        redis_ok = bool(await state.redis.ping())
+    except (redis_lib.RedisError, OSError):
+        redis_ok = False
+    return JSONResponse({"status": "ok", "redis": redis_ok})
+
+
+@router.post("/auth/session")
+async def sign_in(token: Annotated[str, Form(max_length=1024)] = "",
+                  next_path: Annotated[str, Form(alias="next", max_length=2048)] = "/status",
+                  state: ControlState = Depends(get_state)):
+    if not token or not hmac.compare_digest(token.encode(), state.token.encode()):
+        return HTMLResponse(sign_in_page(_safe_next(next_path), "Wrong token."), status_code=401)
+    response = RedirectResponse(_safe_next(next_path), status_code=303)
+    response.set_cookie(COOKIE, session_value(state.token), httponly=True, samesite="strict",
+                        secure=state.settings.secure_cookies, max_age=30 * 24 * 3600, path="/")
+    return response
+
+
+@router.post("/auth/logout")
+async def sign_out():
+    response = RedirectResponse("/status", status_code=303)
+    response.delete_cookie(COOKIE, path="/")
+    return response
+
+
+@router.get("/")
+async def root():
+    return RedirectResponse("/status", status_code=307)

@@ -1,0 +1,93 @@
+"""/status: jobs, their progress and charts, the crawler pool."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse, Response
+
+from shared import redis_keys
+from shared.jobs import STATES
+from services.control.crawler_pool import crawler_pool
+from services.control.routes.jobs import JOB_ID_PATTERN
+from services.control.security import COMMON_RESPONSES, bearer
+from services.control.state import ControlState, get_state
+
+router = APIRouter(tags=["status"], dependencies=[Depends(bearer)], responses=COMMON_RESPONSES)
+_SUMMARY_FIELDS = ("id", "kind", "state", "reason", "created_at", "updated_at", "started_at",
+                   "finished_at", "attempts", "progress", "result", "spec", "heartbeat_at")
+_SPEC_FIELDS = ("name", "mode", "online", "nnodes", "nproc_per_node", "members", "weights",
+                "max_steps", "max_epochs", "online_max_epochs")
+
+
+def _summary(values: list) -> dict[str, Any] | None:
+    if values[0] is None:  # the record is gone
+        return None
+    out: dict[str, Any] = {}
+    for key, raw in zip(_SUMMARY_FIELDS, values):
+        if raw is not None:
+            out[key] = json.loads(raw)
+    spec = out.pop("spec", {}) or {}
+    out["spec"] = {k: spec[k] for k in _SPEC_FIELDS if k in spec}
+    return out
+
+
+async def _build_status(state: ControlState, n: int) -> bytes:
+    ids = [i.decode() for i in await state.redis.zrevrange(redis_keys.jobs_index(), 0, n - 1)]
+    async with state.redis.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hmget(redis_keys.job(job_id), _SUMMARY_FIELDS)
+        pipe.zcard(redis_keys.jobs_index())
+        results = await pipe.execute()
+    jobs = [j for j in (_summary(r) for r in results[:-1]) if j is not None]
+    counts = {s: 0 for s in STATES}
+    for job in jobs:
+        counts[job.get("state", "queued")] = counts.get(job.get("state", "queued"), 0) + 1
+    body = {"now": time.time(), "total_jobs": int(results[-1]), "shown_counts": counts,
+            "jobs": jobs, "crawler": await crawler_pool(state.redis, state.rates)}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+class StatusCache:
+    """Answers that are at most ``ttl`` seconds old, built by one request at a time: a status
+    page polled by many browsers costs Redis a few reads per second, not one per request."""
+
+    def __init__(self, ttl: float):
+        self.ttl = ttl
+        self._entries: dict[int, tuple[float, bytes]] = {}
+        self._lock = asyncio.Lock()
+
+    async def get(self, state: ControlState, n: int) -> bytes:
+        entry = self._entries.get(n)
+        if entry and time.monotonic() - entry[0] < self.ttl:
+            return entry[1]
+        async with self._lock:
+            entry = self._entries.get(n)
+            if entry and time.monotonic() - entry[0] < self.ttl:
+                return entry[1]
+            body = await _build_status(state, n)
+            self._entries[n] = (time.monotonic(), body)
+            if len(self._entries) > 32:
+                self._entries.pop(next(iter(self._entries)))
+            return body
+
+
+@router.get("/api/status", summary="Jobs with their latest figures and the crawler pool",
+            response_model=dict[str, Any])
+async def status_data(request: Request, state: ControlState = Depends(get_state),
+                      limit: Annotated[int | None, Query(ge=1, le=1000)] = None) -> Response:
+    """The newest jobs (each with its latest figures: phase, step, loss, validation, online
+    counters, ETA) and the crawler pool (ranks, login state, pages per minute, queue depth)."""
+    cache: StatusCache = request.app.state.status_cache
+    body = await cache.get(state, limit or state.settings.status_jobs)
+    return Response(body, media_type="application/json")
+
+
+@router.get("/status", response_class=HTMLResponse, include_in_schema=False)
+async def status_page(request: Request,
+                      job: Annotated[str | None, Query(pattern=JOB_ID_PATTERN)] = None):
+    return request.app.state.templates.TemplateResponse(
+        request, "status.html", {"title": "Status", "selected_job": job or ""})

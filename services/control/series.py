@@ -1,0 +1,93 @@
+"""Chart data of a job, folded from its event stream.
+
+Each job's series are cached with the id of the last stream entry read, so a page refreshing
+every few seconds reads only the new events."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from shared import redis_keys
+from shared.jobs import parse_event_fields
+
+MAX_POINTS = 400  # per series sent to a browser; longer runs are thinned evenly
+_TRAIN_KEYS = ("loss", "lr", "samples_per_s")
+_VALID_KEYS = ("r1", "r5", "r10", "mr", "loss")
+_ONLINE_KEYS = ("requested", "received", "failures", "cache_hits", "wait_s")
+
+
+class JobSeries:
+    def __init__(self):
+        self.last_id = "-"
+        self.train: list[dict[str, Any]] = []
+        self.validation: list[dict[str, Any]] = []
+        self.online: list[dict[str, Any]] = []
+        self.ensemble: dict[str, dict[str, Any]] = {}
+        self.phases: list[dict[str, Any]] = []
+        self.result: dict[str, Any] = {}
+        self._online_totals = {k: 0.0 for k in _ONLINE_KEYS}
+
+    def add(self, event) -> None:
+        data, ts = event.data, event.ts
+        if event.type == "train_step":
+            point = {"ts": ts, "step": data.get("step")}
+            point.update({k: data[k] for k in _TRAIN_KEYS if isinstance(data.get(k), (int, float))})
+            self.train.append(point)
+        elif event.type == "validation":
+            point = {"ts": ts, "step": data.get("step"), "epoch": data.get("epoch")}
+            point.update({k: data[k] for k in _VALID_KEYS if isinstance(data.get(k), (int, float))})
+            self.validation.append(point)
+        elif event.type == "online":
+            for key in _ONLINE_KEYS:
+                if isinstance(data.get(key), (int, float)):
+                    self._online_totals[key] += data[key]
+            self.online.append({"ts": ts, "index": len(self.online) + 1,
+                                **{k: round(v, 3) for k, v in self._online_totals.items()}})
+        elif event.type == "ensemble":
+            member = str(data.get("member", "fused"))
+            self.ensemble.setdefault(member, {}).update({k: v for k, v in data.items() if k != "member"})
+        elif event.type == "phase":
+            self.phases.append({"ts": ts, "name": data.get("name", "")})
+        elif event.type == "result":
+            self.result.update(data)
+
+    def view(self) -> dict[str, Any]:
+        return {"train": _thin(self.train), "validation": _thin(self.validation),
+                "online": _thin(self.online), "ensemble": self.ensemble,
+                "phases": self.phases[-50:], "result": self.result}
+
+
+def _thin(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if len(points) <= MAX_POINTS:
+        return points
+    stride = len(points) / MAX_POINTS
+    thinned = [points[int(i * stride)] for i in range(MAX_POINTS - 1)]
+    thinned.append(points[-1])
+    return thinned
+
+
+class SeriesCache:
+    def __init__(self, capacity: int = 64):
+        self.capacity = capacity
+        self._jobs: OrderedDict[str, JobSeries] = OrderedDict()
+
+    async def get(self, client: aioredis.Redis, job_id: str) -> dict[str, Any]:
+        series = self._jobs.pop(job_id, None) or JobSeries()
+        self._jobs[job_id] = series
+        while len(self._jobs) > self.capacity:
+            self._jobs.popitem(last=False)
+        start = series.last_id if series.last_id == "-" else f"({series.last_id}"
+        while True:
+            entries = await client.xrange(redis_keys.job_events(job_id), min=start, count=5000)
+            for entry_id, fields in entries:
+                try:
+                    series.add(parse_event_fields(fields))
+                except ValueError:
+                    pass
+                series.last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            if len(entries) < 5000:
+                break
+            start = f"({series.last_id}"
+        return series.view()

@@ -1,0 +1,41 @@
+"""Settings of the control service (environment prefix ``CNCLIP_CONTROL_``; the Redis URL and
+the data root are shared with the other services as ``CNCLIP_REDIS_URL`` / ``CNCLIP_DATA_ROOT``)."""
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ControlSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CNCLIP_CONTROL_", extra="ignore", populate_by_name=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    # Every route but /healthz needs it. Without one, a loopback-only service makes up a
+    # random token at start (printed once); any other address refuses to start.
+    token: SecretStr | None = None
+    token_file: Path | None = Field(None, description="where a made-up token is written (mode 600)")
+    redis_url: str = Field("redis://127.0.0.1:6379/0",
+                           validation_alias=AliasChoices("CNCLIP_CONTROL_REDIS_URL", "CNCLIP_REDIS_URL"))
+    data_root: Path = Field(Path("./data"),
+                            validation_alias=AliasChoices("CNCLIP_CONTROL_DATA_ROOT", "CNCLIP_DATA_ROOT"))
+    # When the data root is visible here, a job naming missing inputs fails at submission.
+    check_inputs: bool = True
+    status_jobs: int = Field(50, ge=1, le=1000)
+    # How stale /api/status may be; requests within it share one read of Redis.
+    status_cache_s: float = Field(0.5, ge=0, le=60)
+    sse_ping_s: float = Field(15.0, gt=0)
+    secure_cookies: bool = False
+    log_level: str = "info"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

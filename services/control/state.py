@@ -1,0 +1,60 @@
+"""What the routes share: Redis clients, the job store, the Celery client and caches."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import redis as redis_lib
+import redis.asyncio as aioredis
+from celery import Celery
+from fastapi import Request
+
+from shared import redis_keys
+from shared.jobs import JobStore
+from shared.tasks import RUN_JOB_TASK
+from services.control.crawler_pool import PagesRate
+from services.control.metrics import Metrics
+from services.control.series import SeriesCache
+from services.control.settings import ControlSettings
+
+
+@dataclass
+class ControlState:
+    settings: ControlSettings
+    token: str
+    redis: aioredis.Redis
+    sync_redis: redis_lib.Redis
+    store: JobStore
+    metrics: Metrics
+    celery: Celery
+    series: SeriesCache = field(default_factory=SeriesCache)
+    rates: PagesRate = field(default_factory=PagesRate)
+
+    @classmethod
+    def build(cls, settings: ControlSettings, token: str) -> "ControlState":
+        sync_client = redis_lib.Redis.from_url(settings.redis_url, socket_timeout=10,
+                                               health_check_interval=30)
+        celery = Celery("cnclip-control", broker=settings.redis_url)
+        celery.conf.update(task_routes={RUN_JOB_TASK: {"queue": redis_keys.GPU_QUEUE}},
+                           broker_connection_retry_on_startup=True, task_ignore_result=True,
+                           broker_connection_max_retries=3)
+        return cls(settings=settings, token=token,
+                   # Event streams block in XREAD for up to sse_ping_s: reads may take that long.
+                   redis=aioredis.Redis.from_url(settings.redis_url, health_check_interval=30,
+                                                 socket_timeout=settings.sse_ping_s + 30,
+                                                 socket_connect_timeout=10),
+                   sync_redis=sync_client, store=JobStore(sync_client),
+                   metrics=Metrics(sync_client), celery=celery)
+
+    def send_job(self, job_id: str, nnodes: int) -> None:
+        """One task per node; node 0 keeps the record, the others join its rendezvous."""
+        for node_rank in range(nnodes):
+            self.celery.send_task(RUN_JOB_TASK, args=[job_id], kwargs={"node_rank": node_rank},
+                                  queue=redis_keys.GPU_QUEUE)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        self.sync_redis.close()
+
+
+def get_state(request: Request) -> ControlState:
+    return request.app.state.control

@@ -1,0 +1,37 @@
+"""Settings of the job runner (environment prefix ``CNCLIP_RUNNER_``; the Redis URL and the
+data root are shared with every service as ``CNCLIP_REDIS_URL`` / ``CNCLIP_DATA_ROOT``)."""
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RunnerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CNCLIP_RUNNER_", extra="ignore", populate_by_name=True)
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0",
+                           validation_alias=AliasChoices("CNCLIP_RUNNER_REDIS_URL", "CNCLIP_REDIS_URL"))
+    data_root: Path = Field(Path("./data"),
+                            validation_alias=AliasChoices("CNCLIP_RUNNER_DATA_ROOT", "CNCLIP_DATA_ROOT"))
+    python: str = sys.executable
+    # Name of this machine in job records; the address other nodes reach it on (multi-node).
+    host: str = socket.gethostname()
+    advertise_addr: str = "127.0.0.1"
+    master_port_base: int = 29500
+    # Forced device (e.g. "cpu" on a machine without GPU); empty keeps the spec's choice.
+    device_override: str = ""
+    heartbeat_s: float = 2.0
+    # A running job whose runner has not reported for this long is taken as orphaned.
+    stale_after_s: float = 60.0
+    recovery_interval_s: float = 15.0
+    stop_grace_s: float = 15.0
+    max_attempts: int = 3
+    poll_s: float = 0.25
+
+    @property
+    def runs_dir(self) -> Path:
+        return Path(self.data_root) / "runs"

@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+from pydantic import ValidationError
+
+from shared.jobspec import PathOutsideDataRoot, PredictSpec, TrainSpec, resolve_under, spec_from_json
+
+
+def _error_fields(exc: ValidationError) -> set[str]:
+    return {".".join(str(p) for p in e["loc"]) for e in exc.errors()}
+
+
+@pytest.mark.parametrize("path", ["../outside", "/etc/passwd", "a/../../b", "~/x", "", ".", "a\\b"])
+def test_paths_must_stay_inside_the_data_root(path):
+    with pytest.raises(ValidationError) as exc:
+        TrainSpec(train_data=path)
+    assert "train_data" in _error_fields(exc.value)
+
+
+def test_symlink_out_of_the_data_root_is_refused(tmp_path):
+    root = tmp_path / "root"
+    (root / "datasets").mkdir(parents=True)
+    (tmp_path / "secret").mkdir()
+    os.symlink(tmp_path / "secret", root / "datasets" / "link")
+    spec = TrainSpec(train_data="datasets/link")
+    with pytest.raises(PathOutsideDataRoot):
+        resolve_under(root, spec.train_data)
+    assert any("outside the data root" in p for p in spec.missing_inputs(root))
+
+
+def test_missing_inputs_are_named(tmp_path):
+    (tmp_path / "datasets/d/lmdb/train").mkdir(parents=True)
+    spec = TrainSpec(train_data="datasets/d/lmdb/train", val_data="datasets/d/lmdb/valid",
+                     resume="pretrained_weights/none.pt")
+    problems = spec.missing_inputs(tmp_path)
+    assert [p.split(":")[0] for p in problems] == ["val_data", "resume"]
+
+
+def test_cross_field_rules_name_the_field():
+    with pytest.raises(ValidationError) as exc:
+        TrainSpec(train_data="d/train", max_steps=5, max_epochs=2)
+    assert _error_fields(exc.value) == {"max_epochs"}
+    with pytest.raises(ValidationError) as exc:
+        PredictSpec(mode="single", image_data="i", text_data="t")
+    assert _error_fields(exc.value) == {"resume"}
+    with pytest.raises(ValidationError) as exc:
+        PredictSpec(mode="ensemble", image_data="i", text_data="t", members=["a.pt", "b.pt"], weights=[1.0])
+    assert _error_fields(exc.value) == {"weights"}
+    with pytest.raises(ValidationError) as exc:
+        PredictSpec(mode="ensemble-last", image_data="i", text_data="t")
+    assert _error_fields(exc.value) == {"score_dir"}
+    with pytest.raises(ValidationError) as exc:
+        PredictSpec(mode="ensemble", image_data="i", text_data="t", members=["a", "b"], online="live")
+    assert _error_fields(exc.value) == {"online"}
+    with pytest.raises(ValidationError) as exc:
+        TrainSpec(train_data="d", unknown_option=1)
+    assert _error_fields(exc.value) == {"unknown_option"}
+
+
+def test_fingerprint_ignores_only_the_idempotency_key():
+    a = TrainSpec(train_data="d", idempotency_key="k1")
+    assert a.fingerprint() == TrainSpec(train_data="d", idempotency_key="k2").fingerprint()
+    assert a.fingerprint() != TrainSpec(train_data="d", lr=1e-4).fingerprint()
+
+
+def test_round_trip_through_json():
+    spec = PredictSpec(mode="ensemble", image_data="i", text_data="t", members=["a", "b"], weights=[0.3, 0.7])
+    assert spec_from_json(spec.model_dump_json()) == spec
+
+
+def test_train_cli_args_parse_with_the_real_trainer_cli(tmp_path):
+    from services.trainer.cli import build_parser
+
+    spec = TrainSpec(train_data="datasets/d/lmdb/train", val_data="datasets/d/lmdb/valid",
+                     max_steps=7, lr=2e-4, use_augment=True, freeze_vision=True, online="cache",
+                     resume="pretrained_weights/base.pt", reset_optimizer=True, loss="dsl",
+                     dsl_temperature=1000.0, save_step_frequency=3, valid_step_interval=2,
+                     vision_model="tiny", text_model="tiny", precision="fp32", attn_implementation="eager")
+    argv = spec.to_cli_args(tmp_path, name="job1", events=tmp_path / "ev.jsonl")
+    args = build_parser(only="train").parse_args(argv)
+    assert args.train_data == str(tmp_path / "datasets/d/lmdb/train")
+    assert args.val_data == str(tmp_path / "datasets/d/lmdb/valid")
+    assert args.name == "job1" and args.logs == str(tmp_path / "experiments")
+    assert (args.max_steps, args.lr, args.use_augment, args.freeze_vision) == (7, 2e-4, True, True)
+    assert (args.online, args.loss, args.dsl_temperature) == ("cache", "dsl", 1000.0)
+    assert args.resume == str(tmp_path / "pretrained_weights/base.pt") and args.reset_optimizer
+    assert (args.save_step_frequency, args.valid_step_interval) == (3, 2)
+    assert (args.vision_model, args.precision, args.attn_implementation) == ("tiny", "fp32", "eager")
+    assert args.events == str(tmp_path / "ev.jsonl") and args.no_progress
+    resumed = build_parser(only="train").parse_args(
+        spec.to_cli_args(tmp_path, name="job1", resume_override=tmp_path / "latest.pt"))
+    assert resumed.resume == str(tmp_path / "latest.pt") and not resumed.reset_optimizer
+
+
+def test_predict_cli_args_parse_with_the_real_trainer_cli(tmp_path):
+    from services.trainer.cli import SUBCOMMANDS, build_parser
+
+    if "predict" not in SUBCOMMANDS:
+        pytest.fail("cnclip predict is missing")
+    parser = build_parser(only="predict")
+    single = PredictSpec(mode="single", image_data="d/lmdb/test", text_data="d/test_texts.jsonl",
+                         resume="resume/model-1.pt", online="live", online_max_epochs=50,
+                         vision_model="tiny", text_model="tiny")
+    args = parser.parse_args(single.to_cli_args(tmp_path, name="j", events=tmp_path / "e"))
+    assert (args.mode, args.online, args.online_max_epochs) == ("single", "live", 50)
+    assert args.resume == str(tmp_path / "resume/model-1.pt")
+    assert args.output == str(tmp_path / "experiments/results/j_predictions.jsonl")
+    assert (args.img_batch_size, args.text_batch_size, args.num_workers) == (64, 64, 0)
+    ensemble = PredictSpec(mode="ensemble", image_data="d/lmdb/test", text_data="d/t.jsonl",
+                           members=["resume/model-1.pt", "resume/model-2.pt"], weights=[0.25, 0.75],
+                           score_dir="npy_save", save_scores=True, output="experiments/results/e.jsonl")
+    args = parser.parse_args(ensemble.to_cli_args(tmp_path, name="j"))
+    assert args.members == [str(tmp_path / "resume/model-1.pt"), str(tmp_path / "resume/model-2.pt")]
+    assert [float(w) for w in args.weights] == [0.25, 0.75] and args.save_scores
+    last = PredictSpec(mode="ensemble-last", image_data="d/lmdb/test", text_data="d/t.jsonl",
+                       score_dir="npy_save_last")
+    args = parser.parse_args(last.to_cli_args(tmp_path, name="j"))
+    assert args.mode == "ensemble-last" and args.score_dir == str(tmp_path / "npy_save_last")
+
+
+def test_torchrun_args():
+    one = TrainSpec(train_data="d", nproc_per_node=4)
+    assert one.torchrun_args() == ["--nnodes=1", "--nproc-per-node=4", "--standalone"]
+    two = TrainSpec(train_data="d", nnodes=2, nproc_per_node=8)
+    assert two.torchrun_args(node_rank=1, master_addr="10.0.0.5", master_port=29555) == [
+        "--nnodes=2", "--nproc-per-node=8", "--node-rank=1", "--master-addr=10.0.0.5", "--master-port=29555"]

@@ -1,0 +1,73 @@
+"""The runner's parts on their own: the events-file tail, progress folding, the torchrun
+command, and that neither the control service nor the runner imports torch."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from shared.jobs import JobRecord
+from shared.jobspec import TrainSpec
+from shared.messages import JobEvent
+from services.trainer.runner.events_tail import EventFileTail
+from services.trainer.runner.execute import build_command
+from services.trainer.runner.progress import ProgressTracker
+from services.trainer.runner.settings import RunnerSettings
+from tests.control.conftest import REPO_ROOT
+
+
+def test_tail_returns_complete_lines_only(tmp_path):
+    path = tmp_path / "events.jsonl"
+    tail = EventFileTail(path)
+    assert tail.read() == []  # not written yet
+    event = JobEvent(type="train_step", data={"step": 1}).model_dump_json()
+    path.write_text(event + "\n" + event[:10])
+    assert [e.data["step"] for e in tail.read()] == [1]
+    with open(path, "a") as handle:
+        handle.write(event[10:] + "\nnot json at all\n")
+    events = tail.read()
+    assert [e.type for e in events] == ["train_step", "log"]
+    assert events[1].data["message"] == "not json at all"
+    assert tail.read() == []
+
+
+def test_progress_keeps_latest_figures_and_eta():
+    tracker = ProgressTracker()
+    for step, ts in ((1, 100.0), (11, 110.0)):
+        tracker.apply(JobEvent(type="train_step", ts=ts, data={"step": step, "total_steps": 101, "loss": 1.0 / step}))
+    assert tracker.progress["step"] == 11 and tracker.progress["eta_s"] == 90.0
+    tracker.apply(JobEvent(type="validation", data={"step": 11, "r1": 5.0, "r5": 9.0, "r10": 12.0, "mr": 8.7}))
+    tracker.apply(JobEvent(type="online", data={"requested": 4, "received": 3, "failures": 1, "wait_s": 0.5}))
+    tracker.apply(JobEvent(type="online", data={"requested": 4, "received": 4, "failures": 0, "wait_s": 0.25}))
+    tracker.apply(JobEvent(type="ensemble", data={"member": 1, "weight": 0.5, "progress": "2/2"}))
+    tracker.apply(JobEvent(type="result", data={"metrics": {"r1": 1.0}}))
+    tracker.apply(JobEvent(type="trainer_state", data={"state": "failed", "reason": "out of memory"}))
+    assert tracker.progress["validation"]["mr"] == 8.7
+    assert tracker.progress["online_total"]["received"] == 7 and tracker.progress["online_total"]["wait_s"] == 0.75
+    assert tracker.progress["ensemble"]["1"] == {"weight": 0.5, "progress": "2/2"}
+    assert tracker.result == {"metrics": {"r1": 1.0}} and tracker.error == "out of memory"
+
+
+def test_torchrun_command(tmp_path):
+    spec = TrainSpec(train_data="d/train", nproc_per_node=2, max_steps=3, device="cuda")
+    record = JobRecord(id="job-1", kind="train", spec=spec.model_dump(mode="json", exclude={"kind"}))
+    settings = RunnerSettings(data_root=tmp_path, device_override="cpu")
+    argv = build_command(record, settings, tmp_path / "ev.jsonl")
+    split = argv.index("--")
+    assert argv[1:3] == ["-m", "torch.distributed.run"]
+    assert argv[3:split] == ["--nnodes=1", "--nproc-per-node=2", "--standalone", "-m"]
+    assert argv[split + 1:split + 3] == ["services.trainer.cli", "train"]
+    assert argv[argv.index("--device") + 1] == "cpu"  # the machine's override wins
+    assert argv[argv.index("--logs") + 1] == str(tmp_path / "experiments")
+    resumed = record.model_copy(update={"resume_from": str(tmp_path / "latest.pt")})
+    assert build_command(resumed, settings, tmp_path / "e")[-5:-3] == ["--resume", str(tmp_path / "latest.pt")]
+
+
+def test_control_and_runner_do_not_import_torch():
+    code = ("import sys; import services.control.app, services.control.__main__, "
+            "services.trainer.runner.celery_app, services.trainer.runner.__main__; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers'))))")
+    done = subprocess.run([sys.executable, "-c", "import json; " + code], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []

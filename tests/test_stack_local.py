@@ -1,0 +1,73 @@
+"""The local stack (scripts/stack.sh: honcho + Procfile) starts every service and stops them
+all: no Redis, Chromium, chromedriver or Xvfb is left behind."""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.helpers import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+
+def _env_file(root: Path) -> dict[str, str]:
+    lines = (root / "stack" / "stack.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line)
+
+
+def _stack_processes(stack_id: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("CNCLIP_STACK_ID") == stack_id:
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def test_stack_up_and_down_leaves_nothing(tmp_path):
+    root = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNCLIP_")}
+    env.update({"CNCLIP_DATA_ROOT": str(root), "CNCLIP_CONTROL_PORT": str(free_port()),
+                "CNCLIP_SHOP_PORT": str(free_port())})
+    up = subprocess.run(["bash", "scripts/stack.sh", "up"], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=240)
+    settings = _env_file(root) if (root / "stack" / "stack.env").exists() else {}
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        base = f"http://127.0.0.1:{settings['CNCLIP_CONTROL_PORT']}"
+        headers = {"Authorization": f"Bearer {settings['CNCLIP_CONTROL_TOKEN']}"}
+        assert httpx.get(base + "/jobs").status_code == 401
+        # The crawler worker starts its browser under Xvfb and reports its rank's login state.
+        deadline = time.monotonic() + 120
+        ranks = []
+        while time.monotonic() < deadline and not ranks:
+            ranks = [r for r in httpx.get(base + "/api/login", headers=headers).json()
+                     if r["state"] in ("waiting_for_scan", "logged_in")]
+            time.sleep(1)
+        assert ranks, (root / "stack" / "stack.log").read_text()[-3000:]
+        assert httpx.get(f"http://127.0.0.1:{settings['CNCLIP_SHOP_PORT']}/healthz").status_code == 200
+        processes = _stack_processes(settings["CNCLIP_STACK_ID"])
+        names = {p.name() for p in processes}
+        assert {"Xvfb", "chromedriver"} <= names and any("chrom" in n for n in names - {"chromedriver"}), names
+        assert (root / "redis" / "appendonlydir").is_dir()  # Redis keeps its data under the data root
+    finally:
+        down = subprocess.run(["bash", "scripts/stack.sh", "down"], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert "leftover" not in down.stderr, down.stderr  # everything stopped by itself
+    time.sleep(1)
+    alive = [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, [(p.pid, p.name()) for p in alive]
+    assert not _stack_processes(settings["CNCLIP_STACK_ID"])
+    redis_port = int(settings["CNCLIP_STACK_REDIS_PORT"])
+    listening = {c.laddr.port for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+    assert redis_port not in listening and int(settings["CNCLIP_CONTROL_PORT"]) not in listening
