@@ -163,7 +163,7 @@ class TrainSpec(_Spec):
     reset_optimizer: bool = False
     seed: int = Field(123, ge=0, le=2**31 - 1)
     loss: Literal["clip", "dsl"] = "clip"
-    dsl_temperature: float = Field(1.0, gt=0, le=1e6)
+    dsl_temperature: float = Field(1000.0, gt=0, le=1e6)
     online: OnlineMode = "off"
 
     @field_validator("max_epochs")

@@ -109,8 +109,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="amp: fp32 weights, fp16 autocast with loss scaling on CUDA (plain fp32 on the CPU); "
                           "bf16: fp32 weights, bf16 autocast; fp16: fp16 weights (as Chinese-CLIP); fp32")
     opt.add_argument("--loss", choices=("clip", "dsl"), default="clip", help="clip or dual-softmax (dsl)")
-    opt.add_argument("--dsl-temperature", type=_positive_float, default=1.0,
-                     help="temperature of the dual-softmax prior (the prototype used 1000)")
+    opt.add_argument("--dsl-temperature", type=_positive_float, default=1000.0,
+                     help="temperature of the dual-softmax prior (1000, as the prototype)")
     opt.add_argument("--seed", type=int, default=123)
 
     model = parser.add_argument_group("model")
