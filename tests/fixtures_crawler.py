@@ -18,7 +18,7 @@ real site (normally the demo shop)::
     CrawlerWorker(..., env={"CNCLIP_CRAWLER_SHARE_LOGIN": "true"})   any extra setting
 
 Every process the worker starts inherits the environment variable ``CNCLIP_TEST_WORKER_TAG``
-with a value unique to the worker, which is how ``processes()`` finds Chromium helpers that
+with a value unique to the worker, which is how ``processes()`` finds Chromium child processes that
 re-parent themselves to init. The worker's state (cookies) lives in ``workdir``.
 
 ``CrawlClient`` submits crawl requests the way the trainer does (Celery ``send_task`` of
@@ -297,11 +297,13 @@ class CrawlClient:
     def wait_results(self, stream: str, count: int, timeout: float = 60.0) -> list[CrawlResult]:
         deadline = time.monotonic() + timeout
         while True:
-            results = self.results(stream)
-            if len(results) >= count:
-                return results
+            # XLEN is cheap; reading (and decoding) the images only once they are all there
+            # keeps this loop from competing with the workers for CPU.
+            if self.redis.xlen(stream) >= count:
+                return self.results(stream)
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(results)} of {count} crawl results after {timeout}s")
+                raise TimeoutError(f"{self.redis.xlen(stream)} of {count} crawl results after "
+                                   f"{timeout}s")
             time.sleep(0.1)
 
     def login_state(self, rank: int) -> LoginState | None:

@@ -1,0 +1,81 @@
+"""Command line of the crawler.
+
+    python -m services.crawler worker [--loglevel INFO] [--name NAME]
+        a Celery worker on queue "crawl": prefork pool, one process, one browser
+    python -m services.crawler export-failures --output FILE [--job JOB_ID]
+        the failure stream as a tab-separated text file (time, job, split, query, url, reason)
+    python -m services.crawler check-profile [NAME_OR_PATH]
+        loads a site profile and prints it, or says what is wrong with it
+
+Settings come from the environment (CNCLIP_CRAWLER_*, see services/crawler/settings.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from shared.redis_keys import CRAWL_QUEUE
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from services.crawler.celery_app import app
+
+    argv = ["worker", "-Q", CRAWL_QUEUE, "-P", "prefork", "-c", "1", "-n", args.name,
+            "--loglevel", args.loglevel, "--without-gossip", "--without-mingle"]
+    app.worker_main(argv)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    import redis
+
+    from services.crawler.results import export_failures, write_failures
+    from services.crawler.settings import CrawlerSettings
+
+    client = redis.Redis.from_url(args.redis_url or CrawlerSettings().redis_url)
+    if args.output == "-":
+        count = write_failures(client, sys.stdout, args.job)
+    else:
+        count = export_failures(client, Path(args.output), args.job)
+    print(f"{count} failures written", file=sys.stderr)
+    return 0
+
+
+def _check_profile(args: argparse.Namespace) -> int:
+    from services.crawler.profile import ProfileError, load_profile
+    from services.crawler.settings import CrawlerSettings
+
+    name = args.profile or CrawlerSettings().profile
+    try:
+        profile = load_profile(name)
+    except ProfileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(profile.model_dump(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.crawler", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    worker = sub.add_parser("worker", help="run a crawler worker")
+    worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument("--name", default="crawler-%p@%h")
+    worker.set_defaults(func=_worker)
+    export = sub.add_parser("export-failures", help="write the failure stream to a text file")
+    export.add_argument("--output", required=True, help="file path, or - for stdout")
+    export.add_argument("--job", default=None, help="only this job's failures")
+    export.add_argument("--redis-url", default=None)
+    export.set_defaults(func=_export)
+    check = sub.add_parser("check-profile", help="validate a site profile")
+    check.add_argument("profile", nargs="?", default=None)
+    check.set_defaults(func=_check_profile)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Checks and normalises image bytes that come from outside (crawled pages, caches).
+
+Torch-free so the crawler and the trainer's image cache apply the same rules. Pillow does the
+decoding: it knows every format a shop serves, its ``verify`` catches broken structure and a
+full ``load`` catches truncation, and ``draft`` lets large JPEGs decode at reduced scale.
+
+Every rejection raises :class:`InvalidImage` whose ``reason`` is one short, human-readable
+sentence (it ends up in failure logs next to the URL).
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Formats a product image may legitimately come in; anything else (e.g. an SVG, an ICO or
+# a PDF sniffed as an image) is refused rather than guessed at.
+ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "MPO"})
+
+
+class InvalidImage(ValueError):
+    """The bytes are not a usable image; ``reason`` says why."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ImageRules:
+    """What an acceptable image is and what it is turned into."""
+
+    min_side: int = 64                  # shorter side below this carries no useful detail
+    max_pixels: int = 40_000_000        # width*height cap: refuse decompression bombs unread
+    max_bytes: int = 10 * 1024 * 1024   # encoded size cap (downloads enforce it while streaming)
+    target_short_side: int = 224        # shorter side after resizing (0 keeps the size)
+    jpeg_quality: int = 90
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    width: int
+    height: int
+
+
+def _preview(data: bytes) -> str:
+    head = data[:16].decode("latin-1")
+    return repr("".join(ch if ch.isprintable() else "." for ch in head))
+
+
+def inspect_image(data: bytes, rules: ImageRules = ImageRules()) -> ImageInfo:
+    """Validate ``data`` without keeping the decoded pixels. Raises :class:`InvalidImage`."""
+    image = _open_checked(data, rules)
+    return ImageInfo(format=image.format or "", width=image.width, height=image.height)
+
+
+def _open_checked(data: bytes, rules: ImageRules) -> Image.Image:
+    """Open, check header facts (format, size, pixel count), verify structure, then open a
+    fresh copy for decoding (``verify`` leaves the image unusable) and decode it fully so a
+    truncated file is caught here and not later."""
+    if not data:
+        raise InvalidImage("empty body")
+    if len(data) > rules.max_bytes:
+        raise InvalidImage(f"too large: {len(data)} bytes > {rules.max_bytes} bytes")
+    header = _open_header(data)
+    if header.format not in ALLOWED_FORMATS:
+        raise InvalidImage(f"unsupported image format {header.format}")
+    width, height = header.size
+    if width * height > rules.max_pixels:
+        raise InvalidImage(
+            f"too many pixels: {width}x{height} > {rules.max_pixels} (decompression bomb?)"
+        )
+    if min(width, height) < rules.min_side:
+        raise InvalidImage(f"too small: {width}x{height}, shorter side < {rules.min_side} px")
+    try:
+        header.verify()
+    except Exception as exc:  # Pillow raises many types for broken structure
+        raise InvalidImage(f"corrupt image: {exc}") from exc
+    image = _open_header(data)
+    if image.format == "JPEG" and rules.target_short_side:
+        # Decode at the smallest DCT scale that still covers the target: much faster.
+        scale = min(width, height) / rules.target_short_side
+        if scale >= 2:
+            image.draft("RGB", (int(width / scale) + 1, int(height / scale) + 1))
+    try:
+        image.load()
+    except Exception as exc:
+        raise InvalidImage(f"corrupt image: {exc}") from exc
+    return image
+
+
+def _open_header(data: bytes) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise InvalidImage(f"not an image (starts with {_preview(data)})") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidImage(f"too many pixels (decompression bomb?): {exc}") from exc
+    except Exception as exc:
+        raise InvalidImage(f"unreadable image: {exc}") from exc
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent areas of product cut-outs become white, as shops display them.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def prepare_image(data: bytes, rules: ImageRules = ImageRules()) -> bytes:
+    """Validate, convert to RGB, resize so the shorter side is ``rules.target_short_side``
+    and re-encode as JPEG. Raises :class:`InvalidImage` with the reason on bad input."""
+    image = _to_rgb(_open_checked(data, rules))
+    target = rules.target_short_side
+    if target:
+        width, height = image.size
+        scale = target / min(width, height)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        if size != image.size:
+            image = image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=rules.jpeg_quality, optimize=False)
+    return out.getvalue()
+
+
+def check_prepared(data: bytes, rules: ImageRules = ImageRules()) -> ImageInfo:
+    """Check bytes that :func:`prepare_image` should have produced (e.g. read back from a
+    cache or a stream): a decodable JPEG whose shorter side is the target size."""
+    info = inspect_image(data, rules)
+    if info.format != "JPEG":
+        raise InvalidImage(f"expected JPEG, got {info.format}")
+    if rules.target_short_side and min(info.width, info.height) != rules.target_short_side:
+        raise InvalidImage(
+            f"shorter side is {min(info.width, info.height)} px, expected {rules.target_short_side}"
+        )
+    return info
