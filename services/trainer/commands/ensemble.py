@@ -18,33 +18,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def _weight(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"a weight must be a finite number >= 0, got {text}")
-    return value
+from services.trainer.commands.arguments import positive_int, weight
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scores", nargs="*", help="member score matrices (.npy), all of the same texts and images")
     parser.add_argument("--score-dir", default=None, help="use the members of the last ensemble run in this dir")
-    parser.add_argument("--weights", nargs="+", type=_weight, default=None, help="one weight per member (default equal)")
+    parser.add_argument("--weights", nargs="+", type=weight, default=None, help="one weight per member (default equal)")
     parser.add_argument("--fit-scores", nargs="+", default=None,
                         help="the same members' matrices on a validation split, in the same order")
     parser.add_argument("--fit-ground-truth", default=None, help="validation texts jsonl with image_ids")
     parser.add_argument("--ground-truth", default=None, help="texts jsonl with image_ids: report metrics of the fusion")
     parser.add_argument("--output", default=None, help="write the fused predictions jsonl here")
-    parser.add_argument("--top-k", type=_positive_int, default=10)
-    parser.add_argument("--query-chunk", type=_positive_int, default=1024)
-    parser.add_argument("--gallery-chunk", type=_positive_int, default=8192)
+    parser.add_argument("--top-k", type=positive_int, default=10)
+    parser.add_argument("--query-chunk", type=positive_int, default=1024)
+    parser.add_argument("--gallery-chunk", type=positive_int, default=8192)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
     parser.add_argument("--events", default=None, help="write progress events as JSON lines to this file")
     parser.add_argument("--job-id", default=os.environ.get("CNCLIP_JOB_ID"), help=argparse.SUPPRESS)

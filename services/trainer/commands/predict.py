@@ -20,21 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from services.trainer.commands.arguments import add_online_arguments, online_mode, positive_int, weight
+
 MODES = ("single", "ensemble", "ensemble-last")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def _weight(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"a weight must be a finite number >= 0, got {text}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,16 +30,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--image-data", default=None, help="LMDB split dir of the gallery (.../lmdb/test)")
     data.add_argument("--text-data", default=None, help="queries jsonl (.../test_texts.jsonl)")
-    data.add_argument("--context-length", type=_positive_int, default=52)
+    data.add_argument("--context-length", type=positive_int, default=52)
     data.add_argument("--num-workers", type=int, default=0, help="DataLoader workers for images")
-    data.add_argument("--img-batch-size", type=_positive_int, default=64)
-    data.add_argument("--text-batch-size", type=_positive_int, default=64)
+    data.add_argument("--img-batch-size", type=positive_int, default=64)
+    data.add_argument("--text-batch-size", type=positive_int, default=64)
 
     members = parser.add_argument_group("checkpoints")
     members.add_argument("--resume", default=None, help="checkpoint (.pt or transformers dir) for --mode single")
     members.add_argument("--members", nargs="+", default=None,
                          help="ensemble checkpoints; with ensemble-last: saved .npy score matrices")
-    members.add_argument("--weights", nargs="+", type=_weight, default=None,
+    members.add_argument("--weights", nargs="+", type=weight, default=None,
                          help="one weight per member (default: equal, or the last ensemble's)")
     members.add_argument("--score-dir", default=None,
                          help="member score matrices, reused on re-run (default $DATAPATH/npy_save)")
@@ -63,12 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
     out.add_argument("--output", default=None,
                      help="predictions jsonl (default $DATAPATH/experiments/results/test_predictions[_ensemble].jsonl)")
-    out.add_argument("--top-k", type=_positive_int, default=10)
+    out.add_argument("--top-k", type=positive_int, default=10)
     out.add_argument("--save-scores", action="store_true",
                      help="single mode: also keep the score matrix under --score-dir")
     out.add_argument("--scores-dtype", choices=("float16", "float32"), default="float32")
-    out.add_argument("--query-chunk", type=_positive_int, default=1024, help="queries per scoring block")
-    out.add_argument("--gallery-chunk", type=_positive_int, default=8192, help="images per scoring block")
+    out.add_argument("--query-chunk", type=positive_int, default=1024, help="queries per scoring block")
+    out.add_argument("--gallery-chunk", type=positive_int, default=8192, help="images per scoring block")
     out.add_argument("--events", default=None, help="write progress events as JSON lines to this file")
     out.add_argument("--job-id", default=os.environ.get("CNCLIP_JOB_ID"), help=argparse.SUPPRESS)
     out.add_argument("--no-progress", action="store_true", help="accepted for symmetry with train (no bar here)")
@@ -81,12 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--attn-implementation", choices=("sdpa", "eager", "flash_attention_2"), default=None)
     model.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
 
-    online = parser.add_argument_group("online learning")
-    online.add_argument("--online", choices=("off", "live", "cache"), default=None,
-                        help="learn from crawled images of each test batch's queries (only off in this build)")
-    online.add_argument("--online-learning", action="store_true", help="same as --online live")
-    online.add_argument("--online-cache", action="store_true", help="with --online-learning: same as --online cache")
-    online.add_argument("--online-max-epochs", type=_positive_int, default=None,
+    online = add_online_arguments(parser, "test")
+    online.add_argument("--online-max-epochs", type=positive_int, default=None,
                         help="online epochs over the test queries (used with --online live|cache; ignored when off)")
 
 
@@ -94,19 +78,11 @@ class UsageError(ValueError):
     pass
 
 
-def online_mode(args: argparse.Namespace) -> str:
-    legacy = None
-    if args.online_learning:
-        legacy = "cache" if args.online_cache else "live"
-    elif args.online_cache:
-        raise UsageError("--online-cache needs --online-learning (or use --online cache)")
-    if args.online is not None and legacy is not None and args.online != legacy:
-        raise UsageError(f"--online {args.online} contradicts --online-learning{' --online-cache' if args.online_cache else ''}")
-    return args.online or legacy or "off"
-
-
 def _check(args: argparse.Namespace) -> None:
-    mode = online_mode(args)
+    try:
+        mode = online_mode(args)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     if mode != "off":
         raise UsageError(
             f"online learning during prediction (--online {mode}) is not available in this build: "
