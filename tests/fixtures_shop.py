@@ -38,7 +38,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import free_port, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SESSION_COOKIE = "cnclip_shop_session"
@@ -84,13 +84,7 @@ class ShopServer:
         raise TimeoutError(f"the shop did not answer within {timeout}s:\n{tail}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._http.close()
         self._log.close()
         Path(self._log.name).unlink(missing_ok=True)

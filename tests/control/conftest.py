@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import free_port, headless_chromium, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "test-token-5b1c"
@@ -69,13 +69,7 @@ class ControlServer:
         raise TimeoutError(f"control did not answer in {timeout}s:\n{_tail(self.log)}")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 15)
 
 
 class RunnerWorker:
@@ -117,13 +111,7 @@ class RunnerWorker:
             self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 60)
 
     def log_tail(self) -> str:
         return _tail(self.log)
@@ -153,17 +141,7 @@ def runner(redis_url, data_root):
 @pytest.fixture()
 def browser(tmp_path):
     """Headless Chromium through Selenium, with a fresh profile."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'chrome'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    driver.set_page_load_timeout(60)
+    driver = headless_chromium(tmp_path / "chrome")
     yield driver
     driver.quit()
 

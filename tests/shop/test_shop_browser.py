@@ -3,17 +3,17 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import httpx
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.fixtures_shop import SESSION_COOKIE
+from tests.helpers import headless_chromium
 from tests.shop.pages import decode_qr
 
 pytestmark = pytest.mark.browser
@@ -23,14 +23,7 @@ QUERY = "黄色格子帽子"
 @pytest.fixture(scope="module")
 def driver():
     profile = tempfile.mkdtemp(prefix="shop-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", "--window-size=1280,900", f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    browser.set_page_load_timeout(60)
+    browser = headless_chromium(Path(profile), window="1280,900")
     yield browser
     browser.quit()
     shutil.rmtree(profile, ignore_errors=True)

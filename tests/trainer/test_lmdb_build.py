@@ -139,7 +139,7 @@ def write_bad_split(data: Path) -> dict[str, tuple[str, int]]:
     image_lines = [
         f"1\t{b64(GOOD)}",                                   # 1 good
         f"2\t{b64(GOOD)[:-3]}",                              # 2 cut-short base64
-        f"3\t!!not*base64!!",                                # 3 foreign characters
+        "3\t!!not*base64!!",                                # 3 foreign characters
         f"4\t{b64(b'<html><body>busy</body></html>')}",      # 4 HTML instead of an image
         f"5\t{b64(truncated)}",                              # 5 truncated JPEG
         "6",                                                 # 6 no tab
