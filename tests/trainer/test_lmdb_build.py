@@ -16,11 +16,13 @@ import pytest
 from PIL import Image
 
 from services.trainer.data.lmdb_build import LmdbBuildError, build_lmdb
+from services.trainer.data.lmdb_read import close_readonly
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def dump_env(path: Path) -> list[tuple[bytes, bytes]]:
+    close_readonly(path)  # readers elsewhere in this process may hold the one allowed handle
     env = lmdb.open(str(path), readonly=True, lock=False)
     try:
         with env.begin() as txn:
@@ -80,6 +82,7 @@ def test_cn_clip_dataset_reads_our_lmdb(synthetic_data):
     from services.trainer.data.transforms import image_transform
 
     # LMDB allows one handle per file and process: read theirs fully, close it, then ours.
+    close_readonly(synthetic_data.lmdb("valid"))
     theirs = LMDBDataset(str(synthetic_data.lmdb("valid")), split="val", max_txt_length=52, resolution=64)
     indices = [0, 7, len(theirs) - 1]
     their_items, their_len = [theirs[i] for i in indices], len(theirs)

@@ -64,6 +64,14 @@ def open_readonly(path: str | Path) -> lmdb.Environment:
     return env
 
 
+def close_readonly(prefix: str | Path = "/") -> None:
+    """Close this process's shared handles of the environments under ``prefix`` (another
+    library, or a writer, may then open the same files)."""
+    root = os.path.realpath(prefix)
+    for key in [k for k in _ENVS if k[0] == root or k[0].startswith(root.rstrip("/") + "/")]:
+        _ENVS.pop(key).close()
+
+
 class LmdbSplit:
     """The two environments of one split, opened lazily in each process."""
 
