@@ -20,13 +20,15 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 VPY=.venv/bin/python
 stamp=.venv/.installed-$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
+# pip names every local index folder it skips; those lines say nothing about this project.
+pip_install() { $VPY -m pip install -q "$@" 2> >(grep -v "^WARNING: Location '.*' is ignored" >&2); }
 if [ ! -f "$stamp" ]; then
-  $VPY -m pip install -q -U pip wheel
+  pip_install -U pip wheel
   # Torch first, pinned to the build this machine carries; the extras then accept it as is.
-  $VPY -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-  $VPY -m pip install -q -e ".[trainer,crawler,shop,control,test]"
+  pip_install "torch==2.14.1" "torchvision==0.29.1"
+  pip_install -e ".[trainer,crawler,shop,control,test]"
   # The original implementation, for the fidelity tests only. --no-deps: it pins an old lmdb.
-  $VPY -m pip install -q --no-deps "cn-clip==1.6.0"
+  pip_install --no-deps "cn-clip==1.6.0"
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
