@@ -1,7 +1,9 @@
-"""Pytest fixtures (filled in by the owning area)."""
+"""Fixtures of tiny models, checkpoints and synthetic data sets, shared by the trainer and control tests."""
 
 
 # --- tiny Chinese-CLIP models and checkpoints ------------------------------------------------
+import importlib
+
 import pytest  # noqa: E402
 
 
@@ -44,7 +46,7 @@ def cnclip_model_factory():
 
     `make(vision: VisionTower, text: TextTower) -> cn_clip.clip.model.CLIP`, in eval mode.
     """
-    cn_clip_model = pytest.importorskip("cn_clip.clip.model")
+    cn_clip_model = importlib.import_module("cn_clip.clip.model")
 
     def make(vision, text):
         return cn_clip_model.CLIP(
@@ -104,8 +106,8 @@ class SyntheticData:
 def make_synthetic_data(tmp_path_factory):
     """``make(n_train=200, n_valid=60, n_test=60, seed=0, image_size=64, **options)`` renders
     a synthetic data set and builds its LMDB once per distinct set of arguments per session."""
-    from shared.synthetic.dataset import make_synthetic_dataset
     from services.trainer.data.lmdb_build import build_lmdb
+    from shared.synthetic.dataset import make_synthetic_dataset
 
     made: dict[tuple, SyntheticData] = {}
 

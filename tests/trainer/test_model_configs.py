@@ -1,6 +1,7 @@
 """Model configurations against Chinese-CLIP's own, model construction and feature extraction."""
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from pathlib import Path
@@ -29,7 +30,7 @@ from services.trainer.model.factory import (
 from services.trainer.model.keymap import transformers_to_cnclip
 from services.trainer.tokenizer import tokenize
 
-cn_clip_model = pytest.importorskip("cn_clip.clip.model")
+cn_clip_model = importlib.import_module("cn_clip.clip.model")
 CNCLIP_CONFIGS = Path(cn_clip_model.__file__).parent / "model_configs"
 RELEASED_VISION = [name for name in VISION_MODELS if name != "tiny"]
 RELEASED_TEXT = [name for name in TEXT_MODELS if name != "tiny"]
