@@ -5,7 +5,7 @@
 # it through the control API while printing progress, shows the metrics, and stops the stack.
 #
 # Settings: CNCLIP_DATA_ROOT (./data), CNCLIP_CONTROL_PORT (8000), CNCLIP_SHOP_PORT (8600),
-# DEMO_STEPS (40). Keep the stack running afterwards with DEMO_KEEP=1 (stop it with
+# DEMO_STEPS (200). Keep the stack running afterwards with DEMO_KEEP=1 (stop it with
 # `bash scripts/stack.sh down`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,8 +41,8 @@ RUN_NAME=demo-$(date +%Y%m%d-%H%M%S)
 MODEL='"vision_model": "tiny", "text_model": "tiny", "precision": "fp32", "device": "cpu"'
 TRAIN_SPEC=$(cat <<JSON
 {"name": "$RUN_NAME", "train_data": "$DATASET/lmdb/train", "val_data": "$DATASET/lmdb/valid",
- "max_steps": ${DEMO_STEPS:-40}, "batch_size": 32, "valid_batch_size": 32, "lr": 0.001, "warmup": 5,
- "valid_step_interval": 20, "log_interval": 5, "num_workers": 0, "valid_num_workers": 0, $MODEL}
+ "max_steps": ${DEMO_STEPS:-200}, "batch_size": 32, "valid_batch_size": 32, "lr": 0.003, "wd": 0.01, "warmup": 10,
+ "valid_step_interval": 50, "log_interval": 10, "num_workers": 0, "valid_num_workers": 0, $MODEL}
 JSON
 )
 echo "== training job"
@@ -59,6 +59,10 @@ echo "== prediction job"
 PREDICT_JOB=$($PY scripts/demo_client.py predict "$PREDICT_SPEC")
 echo "   job $PREDICT_JOB"
 $PY scripts/demo_client.py follow "$PREDICT_JOB"
+
+echo "== test recall by concept (chance R@1 is about 1 in the gallery size)"
+$PY scripts/demo_client.py concepts "$CNCLIP_DATA_ROOT/$DATASET" \
+    "$CNCLIP_DATA_ROOT/experiments/results/${PREDICT_JOB}_predictions.jsonl"
 
 echo "== metrics (Prometheus)"
 $PY - <<PYCODE

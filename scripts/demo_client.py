@@ -3,6 +3,7 @@ events until it ends, prints the outcome. Used by scripts/demo.sh.
 
     python scripts/demo_client.py train|predict SPEC_JSON    prints the job id
     python scripts/demo_client.py follow JOB_ID              progress lines, then the result
+    python scripts/demo_client.py concepts DATASET PREDICTIONS recall on seen and unseen concepts
 Reads CNCLIP_CONTROL_PORT and CNCLIP_CONTROL_TOKEN from the environment."""
 from __future__ import annotations
 
@@ -79,11 +80,32 @@ def follow(job_id: str) -> int:
     return 0 if job["state"] == "succeeded" else 1
 
 
+def concepts(dataset: str, predictions: str) -> int:
+    """Recall on test queries whose attributes all occur in training (seen) and on those
+    naming a held-out colour or category (unseen): the gap is what online learning closes."""
+    from services.trainer.predict.evaluate import read_ground_truth, read_predictions, recall_metrics
+
+    root = os.path.join(dataset, "")
+    truth = read_ground_truth(root + "test_texts.jsonl")
+    predicted = read_predictions(predictions, truth)
+    with open(root + "manifest.json", encoding="utf-8") as f:
+        seen = {t["text_id"]: t["seen"] for t in json.load(f)["texts"]["test"]}
+    for label, wanted in (("seen", True), ("unseen", False)):
+        group = {qid: ids for qid, ids in truth.items() if seen.get(qid) == wanted}
+        if group:
+            m = recall_metrics(group, predicted)
+            print(f"  {label:>6} concepts: {m['num_queries']:3d} queries  R@1 {m['r1']:5.1f}  "
+                  f"R@5 {m['r5']:5.1f}  R@10 {m['r10']:5.1f}  MR {m['mr']:5.1f}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if len(argv) == 3 and argv[1] in ("train", "predict"):
         return submit(argv[1], argv[2])
     if len(argv) == 3 and argv[1] == "follow":
         return follow(argv[2])
+    if len(argv) == 4 and argv[1] == "concepts":
+        return concepts(argv[2], argv[3])
     print(__doc__, file=sys.stderr)
     return 2
 
