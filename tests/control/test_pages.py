@@ -3,6 +3,7 @@ changes live; /status draws its charts."""
 from __future__ import annotations
 
 import io
+import math
 import time
 
 import pytest
@@ -137,3 +138,56 @@ def test_status_page_draws_its_charts(control, redis_client, browser):
     browser.find_element(By.CSS_SELECTOR, f"tr[data-job='{train.id}']").click()
     store.append_event(train.id, JobEvent(type="train_step", data={"step": 21, "total_steps": 40, "loss": 0.1}))
     wait.until(lambda d: _polyline_points(d, "chart-loss") == [21])
+
+
+def _crawler_chart_sizes(driver) -> dict[str, float]:
+    """Rendered sizes, in CSS pixels, of the crawler pool chart's tallest label and bar."""
+    return driver.execute_script("""
+        var labels = document.querySelectorAll('#chart-crawler svg text');
+        var bars = document.querySelectorAll('#chart-crawler svg rect.bar');
+        function tallest(nodes) {
+          return Math.max.apply(null, Array.from(nodes).map(function (n) { return n.getBoundingClientRect().height; }));
+        }
+        return {label: tallest(labels), bar: tallest(bars), bars: bars.length};""")
+
+
+def _y_tick_labels(driver, chart_id: str) -> list[str]:
+    """The y axis labels, bottom to top (right-aligned texts of the axes, less the x axis title)."""
+    texts = driver.find_elements(By.CSS_SELECTOR, f"#{chart_id} svg .axes text[text-anchor='end']")
+    ticks = [(t.rect["y"], t.text) for t in texts if t.text != "step"]
+    return [label for _, label in sorted(ticks, reverse=True)]
+
+
+def test_status_page_keeps_text_small_and_tick_labels_distinct(control, redis_client, browser):
+    store = JobStore(redis_client)
+    train, _ = store.create(TrainSpec(train_data="d/train"))
+    store.transition(train.id, "running")
+    for step in range(1, 21):  # a loss that barely moves: 3.48 down to 3.46
+        store.append_event(train.id, JobEvent(type="train_step", data={
+            "step": step, "total_steps": 40, "loss": 3.48 - 0.02 * (step - 1) / 19}))
+    LoginStatePublisher(redis_client, 0, "shop").publish("waiting_for_scan")
+
+    sign_in(browser, control, f"/status?job={train.id}")
+    wait = WebDriverWait(browser, 30)
+    wait.until(lambda d: d.find_element(By.ID, "status-root").get_attribute("data-rendered") == train.id)
+    wait.until(lambda d: _crawler_chart_sizes(d)["bars"] == 2)  # rank 0 and the queue depth
+
+    labels = _y_tick_labels(browser, "chart-loss")
+    assert len(labels) >= 3
+    assert all(a != b for a, b in zip(labels, labels[1:])), labels
+    values = [float(v) for v in labels]
+    assert values == sorted(values) and values[0] <= 3.46 and values[-1] >= 3.48
+    steps = {round(b - a, 9) for a, b in zip(values, values[1:])}
+    assert len(steps) == 1  # evenly spaced, at one round step
+    step = steps.pop()
+    mantissa = step / 10 ** math.floor(math.log10(step))
+    assert any(math.isclose(mantissa, nice) for nice in (1, 2, 2.5, 5)), step
+
+    # The crawler pool chart spans the page; its text stays at the size of the other charts'.
+    sizes = _crawler_chart_sizes(browser)
+    assert sizes["label"] < 20 and sizes["bar"] < 20, sizes
+    for rank in range(1, 32):
+        LoginStatePublisher(redis_client, rank, "shop").publish("logged_in")
+    wait.until(lambda d: _crawler_chart_sizes(d)["bars"] == 33)
+    sizes = _crawler_chart_sizes(browser)
+    assert 5 < sizes["label"] < 20 and sizes["bar"] < 20, sizes
