@@ -40,36 +40,35 @@ def tiny_checkpoint(tmp_path_factory):
     return path
 
 
+def original_clip(vision, text):
+    """Chinese-CLIP's own CLIP (cn_clip 1.6.0) with the dimensions of our tower specs
+    (``VisionTower``, ``TextTower``), for comparisons against the original implementation."""
+    cn_clip_model = importlib.import_module("cn_clip.clip.model")
+    return cn_clip_model.CLIP(
+        embed_dim=vision.embed_dim,
+        image_resolution=vision.image_size,
+        vision_layers=vision.layers,
+        vision_width=vision.width,
+        vision_patch_size=vision.patch_size,
+        vision_head_width=vision.head_width,
+        vocab_size=21128,
+        text_attention_probs_dropout_prob=0.1,
+        text_hidden_act="gelu",
+        text_hidden_dropout_prob=0.1,
+        text_hidden_size=text.hidden_size,
+        text_initializer_range=0.02,
+        text_intermediate_size=text.intermediate_size,
+        text_max_position_embeddings=512,
+        text_num_attention_heads=text.heads,
+        text_num_hidden_layers=text.layers,
+        text_type_vocab_size=2,
+    )
+
+
 @pytest.fixture()
 def cnclip_model_factory():
-    """Build Chinese-CLIP's own CLIP (cn_clip 1.6.0) with the dimensions of our tower specs.
-
-    `make(vision: VisionTower, text: TextTower) -> cn_clip.clip.model.CLIP`, in eval mode.
-    """
-    cn_clip_model = importlib.import_module("cn_clip.clip.model")
-
-    def make(vision, text):
-        return cn_clip_model.CLIP(
-            embed_dim=vision.embed_dim,
-            image_resolution=vision.image_size,
-            vision_layers=vision.layers,
-            vision_width=vision.width,
-            vision_patch_size=vision.patch_size,
-            vision_head_width=vision.head_width,
-            vocab_size=21128,
-            text_attention_probs_dropout_prob=0.1,
-            text_hidden_act="gelu",
-            text_hidden_dropout_prob=0.1,
-            text_hidden_size=text.hidden_size,
-            text_initializer_range=0.02,
-            text_intermediate_size=text.intermediate_size,
-            text_max_position_embeddings=512,
-            text_num_attention_heads=text.heads,
-            text_num_hidden_layers=text.layers,
-            text_type_vocab_size=2,
-        ).eval()
-
-    return make
+    """`make(vision: VisionTower, text: TextTower) -> cn_clip.clip.model.CLIP`, in eval mode."""
+    return lambda vision, text: original_clip(vision, text).eval()
 
 
 # --- synthetic MUGE data set and its LMDB ----------------------------------------------------

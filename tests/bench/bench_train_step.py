@@ -31,6 +31,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from services.trainer.model.configs import text_tower, vision_tower  # noqa: E402
 from services.trainer.model.factory import create_model  # noqa: E402
+from tests.fixtures_trainer import original_clip  # noqa: E402
 from services.trainer.model.features import ContrastiveModel  # noqa: E402
 from services.trainer.model.keymap import transformers_to_cnclip  # noqa: E402
 from services.trainer.tokenizer import tokenize  # noqa: E402
@@ -57,17 +58,7 @@ CAPTIONS = ["红色圆形的陶瓷杯子", "蓝色条纹短袖T恤", "绿色格�
 
 
 def original_model(vision_name: str, text_name: str):
-    from cn_clip.clip.model import CLIP
-
-    v, t = vision_tower(vision_name), text_tower(text_name)
-    return CLIP(
-        embed_dim=v.embed_dim, image_resolution=v.image_size, vision_layers=v.layers, vision_width=v.width,
-        vision_patch_size=v.patch_size, vision_head_width=v.head_width, vocab_size=21128,
-        text_attention_probs_dropout_prob=0.1, text_hidden_act="gelu", text_hidden_dropout_prob=0.1,
-        text_hidden_size=t.hidden_size, text_initializer_range=0.02, text_intermediate_size=t.intermediate_size,
-        text_max_position_embeddings=512, text_num_attention_heads=t.heads, text_num_hidden_layers=t.layers,
-        text_type_vocab_size=2,
-    )
+    return original_clip(vision_tower(vision_name), text_tower(text_name))
 
 
 def adamw(model):
