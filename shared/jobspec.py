@@ -1,10 +1,10 @@
 """Job specifications: what a user submits to train or predict.
 
-The specs cover every option of the prototype's ``train.sh`` and ``predict.sh`` (single model,
-ensemble with members and weights, ensemble of the saved last score matrices; online learning
-``live`` / ``cache`` / ``off``; test-time online epochs; nodes and GPUs per node) and map onto
-the ``cnclip train`` / ``cnclip predict`` options (docs/architecture.md). Pydantic validates at
-the API boundary, so a bad spec is refused with the offending fields named and nothing queued.
+A spec is the service's fields (nodes, GPUs per node, idempotency key, auto-resume, run name)
+plus the job options of shared/options.py, which define every option of ``cnclip train`` /
+``cnclip predict`` once. Pydantic validates at the API boundary, so a bad spec is refused with
+the offending field named and nothing queued. The job runner hands the trainer the resolved
+options as a JSON file (``resolved_options``), never a re-rendered command line.
 
 Paths in a spec are relative to the data root (``DATAPATH``): the service that runs the job
 decides where the data root is, and a spec can never reach outside it.
@@ -16,13 +16,9 @@ import json
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-OnlineMode = Literal["off", "live", "cache"]
-Precision = Literal["amp", "bf16", "fp16", "fp32"]
-Device = Literal["auto", "cpu", "cuda"]
-AttnImplementation = Literal["sdpa", "eager", "flash_attention_2"]
-PredictMode = Literal["single", "ensemble", "ensemble-last"]
+from shared.options import PredictOptions, TrainOptions, path_kind, refuse
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 IDEMPOTENCY_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
@@ -66,13 +62,21 @@ def resolve_under(data_root: Path, relative: str) -> Path:
     return target
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+# Where a job may write, relative to the data root: outputs never replace a data set, a
+# pretrained checkpoint or the service's own state.
+OUTPUT_ROOTS: dict[str, tuple[str, ...]] = {
+    "output": ("experiments/",),
+    "score_dir": ("npy_save", "experiments/"),
+    "online_cache_dir": ("online_cache", "experiments/"),
+}
 
-    # How the job is run.
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    # How the job is run (the service's fields; the job options come from shared/options.py).
     nnodes: int = Field(1, ge=1, le=64, description="Machines (WORKER_CNT of train.sh)")
     nproc_per_node: int = Field(1, ge=1, le=16, description="Processes (GPUs) per machine (GPUS_PER_NODE)")
-    device: Device = "auto"
     idempotency_key: str | None = Field(
         None, pattern=IDEMPOTENCY_PATTERN,
         description="Submitting the same key again returns the job created the first time")
@@ -80,12 +84,25 @@ class _Spec(BaseModel):
         True, description="If the runner dies mid-job, run the job again (training resumes from "
                           "its latest checkpoint) instead of failing it")
 
-    # Model options shared by train and predict.
-    vision_model: str = Field("ViT-B-16", max_length=64)
-    text_model: str = Field("RoBERTa-wwm-ext-base-chinese", max_length=64)
-    context_length: int = Field(52, ge=8, le=512)
-    precision: Precision = "amp"
-    attn_implementation: AttnImplementation | None = None
+    @model_validator(mode="after")
+    def _paths_stay_inside(self):
+        """Every path option is relative to the data root; outputs only where outputs belong."""
+        for name, field in type(self).model_fields.items():
+            kind = path_kind(field)
+            value = getattr(self, name)
+            if kind is None or value in (None, []):
+                continue
+            try:
+                values = [_check_relative_path(v) for v in (value if isinstance(value, list) else [value])]
+            except ValueError as exc:
+                raise refuse(self, name, str(exc)) from None
+            setattr(self, name, values if isinstance(value, list) else values[0])
+            allowed = OUTPUT_ROOTS.get(name)
+            if kind == "output" and allowed and not any(values[0].startswith(a) for a in allowed):
+                raise refuse(self, name, f"must be under {' or '.join(allowed)} of the data root")
+            if name == "output" and not values[0].endswith(".jsonl"):
+                raise refuse(self, name, "must be a .jsonl file")
+        return self
 
     def fingerprint(self) -> str:
         """Stable digest of the spec without its idempotency key: a re-submission under the
@@ -93,20 +110,44 @@ class _Spec(BaseModel):
         data = self.model_dump(mode="json", exclude={"idempotency_key"})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
-    def data_paths(self) -> dict[str, str]:
+    def input_paths(self) -> dict[str, str]:
         """Field name -> relative path of every input that must exist before the job runs."""
-        raise NotImplementedError
+        paths: dict[str, str] = {}
+        for name, field in type(self).model_fields.items():
+            value = getattr(self, name)
+            if path_kind(field) != "input" or value in (None, []):
+                continue
+            if isinstance(value, list):
+                paths.update({f"{name}[{i}]": v for i, v in enumerate(value)})
+            else:
+                paths[name] = value
+        return paths
 
     def missing_inputs(self, data_root: Path) -> list[str]:
         """Human-readable reasons for each input that does not exist (or leaves the root)."""
         problems = []
-        for field, relative in self.data_paths().items():
+        for field, relative in self.input_paths().items():
             try:
                 if not resolve_under(data_root, relative).exists():
                     problems.append(f"{field}: {relative} does not exist under the data root")
             except PathOutsideDataRoot as exc:
                 problems.append(f"{field}: {exc}")
         return problems
+
+    def option_names(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def _resolved(self, data_root: Path) -> dict[str, Any]:
+        """The job options with every path made absolute under the data root."""
+        root = Path(data_root)
+        options: dict[str, Any] = {}
+        for name in self.option_names():
+            value = getattr(self, name)
+            if path_kind(type(self).model_fields[name]) and value not in (None, []):
+                value = ([str(resolve_under(root, v)) for v in value] if isinstance(value, list)
+                         else str(resolve_under(root, value)))
+            options[name] = value
+        return json.loads(json.dumps(options))
 
     def torchrun_args(self, *, node_rank: int = 0, master_addr: str = "127.0.0.1",
                       master_port: int = 29500) -> list[str]:
@@ -119,220 +160,58 @@ class _Spec(BaseModel):
                      f"--master-port={master_port}"]
         return args
 
-    def _model_args(self) -> list[str]:
-        args = ["--vision-model", self.vision_model, "--text-model", self.text_model,
-                "--context-length", str(self.context_length), "--precision", self.precision,
-                "--device", self.device]
-        if self.attn_implementation:
-            args += ["--attn-implementation", self.attn_implementation]
-        return args
 
-
-class TrainSpec(_Spec):
-    """Options of the prototype's ``train.sh``; names follow its params.py."""
+class TrainSpec(_Spec, TrainOptions):
+    """A training job: the service's fields plus ``TrainOptions``."""
 
     kind: Literal["train"] = "train"
     name: str | None = Field(None, pattern=NAME_PATTERN,
                              description="Output folder under experiments/ (default: the job id)")
-    train_data: DataPath = Field(..., description="LMDB dir of the training split")
-    val_data: DataPath | None = Field(None, description="LMDB dir of the validation split")
-    num_workers: int = Field(4, ge=0, le=64)
-    valid_num_workers: int = Field(1, ge=0, le=64)
-    log_interval: int = Field(10, ge=1)
-    report_training_batch_acc: bool = False
-    batch_size: int = Field(128, ge=1, le=65536)
-    valid_batch_size: int = Field(128, ge=1, le=65536)
-    max_steps: int | None = Field(None, ge=1)
-    max_epochs: int | None = Field(None, ge=1)
-    valid_step_interval: int | None = Field(None, ge=1)
-    valid_epoch_interval: int | None = Field(None, ge=-1, description="-1: never validate")
-    lr: float = Field(5e-5, gt=0, le=10)
-    wd: float = Field(0.001, ge=0, le=10)
-    warmup: int = Field(100, ge=0)
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.98, ge=0, lt=1)
-    eps: float = Field(1e-6, gt=0, le=1)
-    use_augment: bool = False
-    freeze_vision: bool = False
-    grad_checkpointing: bool = False
-    accum_freq: int = Field(1, ge=1, le=1024)
-    save_step_frequency: int | None = Field(None, ge=1)
-    save_epoch_frequency: int = Field(1, ge=1)
-    resume: DataPath | None = Field(None, description="Checkpoint to start from (pretrained or earlier run)")
-    reset_data_offset: bool = False
-    reset_optimizer: bool = False
-    seed: int = Field(123, ge=0, le=2**31 - 1)
-    loss: Literal["clip", "dsl"] = "clip"
-    dsl_temperature: float = Field(1000.0, gt=0, le=1e6)
-    online: OnlineMode = "off"
+    continue_run: bool = Field(
+        False, description="Continue the run already stored under this name (without it, a name "
+                           "that is taken is refused)")
 
-    @field_validator("max_epochs")
-    @classmethod
-    def _one_length(cls, value: int | None, info: ValidationInfo) -> int | None:
-        if value is not None and info.data.get("max_steps") is not None:
-            raise ValueError("give max_steps or max_epochs, not both")
-        return value
+    def option_names(self) -> tuple[str, ...]:
+        return tuple(TrainOptions.model_fields)
 
-    def data_paths(self) -> dict[str, str]:
-        paths = {"train_data": self.train_data}
-        if self.val_data:
-            paths["val_data"] = self.val_data
-        if self.resume:
-            paths["resume"] = self.resume
-        return paths
+    def run_name(self, job_id: str) -> str:
+        return self.name or job_id
 
-    def to_cli_args(self, data_root: Path, *, name: str, events: Path | None = None,
-                    resume_override: Path | None = None) -> list[str]:
-        """Arguments of ``cnclip train``. ``resume_override`` continues an interrupted run
-        from its own latest checkpoint (keeping the data offset and optimizer state)."""
-        root = Path(data_root)
-        args = ["train", "--train-data", str(resolve_under(root, self.train_data))]
-        if self.val_data:
-            args += ["--val-data", str(resolve_under(root, self.val_data))]
-        args += ["--logs", str(root / "experiments"), "--name", self.name or name,
-                 "--num-workers", str(self.num_workers),
-                 "--valid-num-workers", str(self.valid_num_workers),
-                 "--log-interval", str(self.log_interval),
-                 "--batch-size", str(self.batch_size),
-                 "--valid-batch-size", str(self.valid_batch_size)]
-        if self.max_steps is not None:
-            args += ["--max-steps", str(self.max_steps)]
-        if self.max_epochs is not None:
-            args += ["--max-epochs", str(self.max_epochs)]
-        if self.valid_step_interval is not None:
-            args += ["--valid-step-interval", str(self.valid_step_interval)]
-        if self.valid_epoch_interval is not None:
-            args += ["--valid-epoch-interval", str(self.valid_epoch_interval)]
-        args += ["--lr", repr(self.lr), "--wd", repr(self.wd), "--warmup", str(self.warmup),
-                 "--beta1", repr(self.beta1), "--beta2", repr(self.beta2), "--eps", repr(self.eps),
-                 "--accum-freq", str(self.accum_freq),
-                 "--save-epoch-frequency", str(self.save_epoch_frequency),
-                 "--seed", str(self.seed), "--loss", self.loss,
-                 "--dsl-temperature", repr(self.dsl_temperature), "--online", self.online]
-        if self.save_step_frequency is not None:
-            args += ["--save-step-frequency", str(self.save_step_frequency)]
-        args += self._model_args()
-        for flag, enabled in (("--report-training-batch-acc", self.report_training_batch_acc),
-                              ("--use-augment", self.use_augment),
-                              ("--freeze-vision", self.freeze_vision),
-                              ("--grad-checkpointing", self.grad_checkpointing)):
-            if enabled:
-                args.append(flag)
+    def resolved_options(self, data_root: Path, *, job_id: str, events: Path | None = None,
+                         resume_override: Path | None = None) -> dict[str, Any]:
+        """What ``cnclip train --options-file`` reads. ``resume_override`` continues an
+        interrupted run from its own latest checkpoint (keeping data offset and optimizer)."""
+        options = self._resolved(data_root)
+        options.update(logs=str(Path(data_root) / "experiments"), name=self.run_name(job_id), job_id=job_id)
         if resume_override is not None:
-            args += ["--resume", str(resume_override)]
-        else:
-            if self.resume:
-                args += ["--resume", str(resolve_under(root, self.resume))]
-            if self.reset_data_offset:
-                args.append("--reset-data-offset")
-            if self.reset_optimizer:
-                args.append("--reset-optimizer")
+            options.update(resume=str(resume_override), reset_data_offset=False, reset_optimizer=False)
         if events is not None:
-            args += ["--events", str(events), "--no-progress"]
-        return args
+            options.update(events=str(events), no_progress=True)
+        return options
 
     def output_dir(self, data_root: Path, name: str) -> Path:
-        return Path(data_root) / "experiments" / (self.name or name)
+        return Path(data_root) / "experiments" / self.run_name(name)
 
 
-class PredictSpec(_Spec):
-    """Options of the prototype's ``predict.sh``: ``single`` (one checkpoint, optionally with
-    test-time online learning), ``ensemble`` (members with weights) and ``ensemble-last``
-    (fuse the score matrices saved by an earlier ensemble run)."""
+class PredictSpec(_Spec, PredictOptions):
+    """A prediction job: the service's fields plus ``PredictOptions``."""
 
     kind: Literal["predict"] = "predict"
-    mode: PredictMode = "single"
-    image_data: DataPath = Field(..., description="LMDB dir of the split to rank images of")
-    text_data: DataPath = Field(..., description="Queries (*_texts.jsonl)")
-    resume: DataPath | None = Field(None, description="Checkpoint (mode single)", validate_default=True)
-    members: list[DataPath] = Field(default_factory=list, max_length=64, validate_default=True,
-                                    description="Member checkpoints (mode ensemble)")
-    weights: list[float] | None = Field(None, description="One weight per member (or per saved score matrix)")
-    score_dir: DataPath | None = Field(None, validate_default=True,
-                                       description="Member score matrices: written by ensemble, read by ensemble-last")
-    output: DataPath | None = Field(None, description="Predictions jsonl (default experiments/results/<job>.jsonl)")
-    top_k: int = Field(10, ge=1, le=1000)
-    num_workers: int = Field(0, ge=0, le=64, description="DataLoader workers for images")
-    img_batch_size: int = Field(64, ge=1, le=65536)
-    text_batch_size: int = Field(64, ge=1, le=65536)
-    save_scores: bool = False
-    scores_dtype: Literal["float16", "float32"] = "float16"
-    fit_weights_on: DataPath | None = Field(None, description="Validation texts to fit ensemble weights on")
-    fit_images: DataPath | None = Field(None, validate_default=True,
-                                        description="Validation LMDB dir for fitting weights")
-    online: OnlineMode = "off"
-    online_max_epochs: int = Field(1, ge=1, le=1000, description="Epochs of test-time online learning")
     evaluate: bool = Field(True, description="Score the predictions when the texts carry ground truth")
 
-    @field_validator("resume")
-    @classmethod
-    def _resume_for_single(cls, value: str | None, info: ValidationInfo) -> str | None:
-        mode = info.data.get("mode")
-        if mode == "single" and value is None:
-            raise ValueError("mode 'single' needs a checkpoint")
-        if mode in ("ensemble", "ensemble-last") and value is not None:
-            raise ValueError(f"mode {mode!r} takes members, not resume")
-        return value
+    @model_validator(mode="after")
+    def _output_is_not_an_input(self) -> "PredictSpec":
+        if self.output is not None and self.output in self.input_paths().values():
+            raise refuse(self, "output", "must not be one of the job's inputs")
+        return self
 
-    @field_validator("members")
-    @classmethod
-    def _members_for_ensemble(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        mode = info.data.get("mode")
-        if mode == "ensemble" and len(value) < 2:
-            raise ValueError("mode 'ensemble' needs at least two member checkpoints")
-        if mode != "ensemble" and value:
-            raise ValueError(f"mode {mode!r} takes no members")
-        return value
+    def option_names(self) -> tuple[str, ...]:
+        return tuple(PredictOptions.model_fields)
 
-    @field_validator("weights")
-    @classmethod
-    def _weights_match(cls, value: list[float] | None, info: ValidationInfo) -> list[float] | None:
-        if value is None:
-            return value
-        mode = info.data.get("mode")
-        if mode == "single":
-            raise ValueError("mode 'single' takes no weights")
-        members = info.data.get("members") or []
-        if mode == "ensemble" and len(value) != len(members):
-            raise ValueError(f"{len(value)} weights for {len(members)} members")
-        if any(w < 0 or w != w or w == float("inf") for w in value) or not any(w > 0 for w in value):
-            raise ValueError("weights must be finite, non-negative and not all zero")
-        return value
-
-    @field_validator("score_dir")
-    @classmethod
-    def _scores_for_last(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if info.data.get("mode") == "ensemble-last" and value is None:
-            raise ValueError("mode 'ensemble-last' reads saved score matrices from score_dir")
-        return value
-
-    @field_validator("fit_images")
-    @classmethod
-    def _fit_pair(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if (value is None) != (info.data.get("fit_weights_on") is None):
-            raise ValueError("fit_weights_on and fit_images go together")
-        if value is not None and info.data.get("mode") != "ensemble":
-            raise ValueError("weights are fitted in mode 'ensemble' only")
-        return value
-
-    @field_validator("online")
-    @classmethod
-    def _online_single(cls, value: str, info: ValidationInfo) -> str:
-        if value != "off" and info.data.get("mode") not in (None, "single"):
-            raise ValueError("test-time online learning needs mode 'single'")
-        return value
-
-    def data_paths(self) -> dict[str, str]:
-        paths = {"image_data": self.image_data, "text_data": self.text_data}
-        if self.resume:
-            paths["resume"] = self.resume
-        for i, member in enumerate(self.members):
-            paths[f"members[{i}]"] = member
-        if self.mode == "ensemble-last" and self.score_dir:
-            paths["score_dir"] = self.score_dir
-        if self.fit_weights_on and self.fit_images:
-            paths["fit_weights_on"] = self.fit_weights_on
-            paths["fit_images"] = self.fit_images
+    def input_paths(self) -> dict[str, str]:
+        paths = super().input_paths()
+        if self.mode == "ensemble-last" and self.score_dir and not self.members:
+            paths["score_dir"] = self.score_dir  # read, not written, by ensemble-last
         return paths
 
     def output_path(self, data_root: Path, job_id: str) -> Path:
@@ -340,36 +219,22 @@ class PredictSpec(_Spec):
             return resolve_under(data_root, self.output)
         return Path(data_root) / "experiments" / "results" / f"{job_id}_predictions.jsonl"
 
-    def to_cli_args(self, data_root: Path, *, name: str, events: Path | None = None,
-                    resume_override: Path | None = None) -> list[str]:
-        """Arguments of ``cnclip predict`` (``resume_override`` is unused: a prediction is
-        simply run again, reusing any member score matrices already saved)."""
+    def resolved_options(self, data_root: Path, *, job_id: str, events: Path | None = None,
+                         resume_override: Path | None = None) -> dict[str, Any]:
+        """What ``cnclip predict --options-file`` reads (a prediction is simply run again on a
+        resume, reusing any member score matrices already saved)."""
         root = Path(data_root)
-        args = ["predict", "--mode", self.mode,
-                "--image-data", str(resolve_under(root, self.image_data)),
-                "--text-data", str(resolve_under(root, self.text_data)),
-                "--output", str(self.output_path(root, name)),
-                "--top-k", str(self.top_k), "--scores-dtype", self.scores_dtype,
-                "--num-workers", str(self.num_workers), "--img-batch-size", str(self.img_batch_size),
-                "--text-batch-size", str(self.text_batch_size),
-                "--online", self.online, "--online-max-epochs", str(self.online_max_epochs)]
-        if self.resume:
-            args += ["--resume", str(resolve_under(root, self.resume))]
-        if self.members:
-            args += ["--members", *(str(resolve_under(root, m)) for m in self.members)]
-        if self.weights:
-            args += ["--weights", *(repr(float(w)) for w in self.weights)]
-        if self.score_dir:
-            args += ["--score-dir", str(resolve_under(root, self.score_dir))]
-        if self.save_scores:
-            args.append("--save-scores")
-        if self.fit_weights_on and self.fit_images:
-            args += ["--fit-weights-on", str(resolve_under(root, self.fit_weights_on)),
-                     "--fit-images", str(resolve_under(root, self.fit_images))]
-        args += self._model_args()
+        options = self._resolved(root)
+        options.update(output=str(self.output_path(root, job_id)), name=job_id, job_id=job_id,
+                       experiments=str(root / "experiments"))
+        options.setdefault("score_dir", None)
+        if options["score_dir"] is None:
+            options["score_dir"] = str(root / "npy_save")
+        if options.get("online_cache_dir") is None:
+            options["online_cache_dir"] = str(root / "online_cache")
         if events is not None:
-            args += ["--events", str(events), "--no-progress"]
-        return args
+            options.update(events=str(events), no_progress=True)
+        return options
 
 
 JobSpec = TrainSpec | PredictSpec

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 
 import redis as redis_lib
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -20,6 +22,18 @@ from services.control.settings import ControlSettings
 from services.control.state import ControlState, get_state
 
 HERE = Path(__file__).parent
+
+
+def jsonable_errors(errors) -> list[dict]:
+    out = []
+    for error in errors:
+        item = {"type": error.get("type"), "loc": list(error.get("loc", ())), "msg": error.get("msg")}
+        try:
+            item["input"] = json.loads(json.dumps(error.get("input"), allow_nan=False, default=str))
+        except (TypeError, ValueError):
+            pass
+        out.append(item)
+    return out
 
 
 def create_app(settings: ControlSettings | None = None) -> FastAPI:
@@ -50,6 +64,12 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
     async def metrics(state: ControlState = Depends(get_state)) -> Response:
         body = await run_in_threadpool(generate_latest, state.metrics.registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes each bad input, and a NaN or an infinity cannot be
+        # written as JSON: report where and why, with the input only when JSON can carry it.
+        return JSONResponse({"detail": jsonable_errors(exc.errors())}, status_code=422)
 
     @app.exception_handler(redis_lib.RedisError)
     async def redis_unavailable(_request: Request, exc: redis_lib.RedisError) -> JSONResponse:

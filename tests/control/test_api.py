@@ -99,17 +99,38 @@ def test_idempotency_key(control, data_root):
         assert jobs["total"] == 2 and {j["state"] for j in jobs["jobs"]} == {"queued"}
 
 
-def test_missing_inputs_fail_fast_with_the_reason(control, data_root, redis_client):
+def test_missing_inputs_are_refused_at_submission(control, data_root, redis_client):
     with control.client() as client:
         response = client.post("/jobs/predict", json={
             "mode": "single", "image_data": "datasets/x/lmdb/test", "text_data": "datasets/x/test_texts.jsonl",
             "resume": "resume/model-1.pt"})
-        assert response.status_code == 201
-        job = client.get(f"/jobs/{response.json()['id']}").json()
-    assert job["state"] == "failed"
-    for name in ("image_data", "text_data", "resume"):
-        assert name in job["reason"]
+        assert response.status_code == 422
+        assert [e["loc"] for e in response.json()["detail"]] == [
+            ["body", "image_data"], ["body", "text_data"], ["body", "resume"]]
+        assert client.get("/jobs").json()["total"] == 0  # nothing recorded
     assert redis_client.llen(redis_keys.GPU_QUEUE) == 0  # never handed to a runner
+
+
+def test_unknown_models_and_bad_numbers_are_refused_naming_the_field(control, data_root):
+    (data_root / TRAIN["train_data"]).mkdir(parents=True)
+    with control.client() as client:
+        for bad, field in (('"vision_model": "--resume"', "vision_model"), ('"lr": 1e400', "lr"),
+                           ('"lr": NaN', "lr"), ('"weights": [Infinity]', "weights"),
+                           ('"max_epochs": 2', "max_epochs"), ('"online": "live"', "online")):
+            body = '{"train_data": "%s", "max_steps": 3, %s}' % (TRAIN["train_data"], bad)
+            response = client.post("/jobs/train", content=body, headers={"Content-Type": "application/json"})
+            assert response.status_code == 422, (bad, response.text)
+            assert field in [e["loc"][-1] for e in response.json()["detail"]]
+
+
+def test_a_taken_run_name_is_refused_unless_continued(control, data_root):
+    (data_root / TRAIN["train_data"]).mkdir(parents=True)
+    (data_root / "experiments" / "mine" / "checkpoints").mkdir(parents=True)
+    with control.client() as client:
+        taken = client.post("/jobs/train", json={**TRAIN, "name": "mine"})
+        assert taken.status_code == 409 and "continue_run" in taken.json()["detail"]
+        assert client.post("/jobs/train", json={**TRAIN, "name": "mine", "continue_run": True}).status_code == 201
+        assert client.post("/jobs/train", json={**TRAIN, "name": "fresh"}).status_code == 201
 
 
 def test_submitted_job_is_queued_for_the_runner(control, data_root, redis_client):

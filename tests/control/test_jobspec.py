@@ -49,10 +49,7 @@ def test_cross_field_rules_name_the_field():
         PredictSpec(mode="ensemble", image_data="i", text_data="t", members=["a.pt", "b.pt"], weights=[1.0])
     assert _error_fields(exc.value) == {"weights"}
     with pytest.raises(ValidationError) as exc:
-        PredictSpec(mode="ensemble-last", image_data="i", text_data="t")
-    assert _error_fields(exc.value) == {"score_dir"}
-    with pytest.raises(ValidationError) as exc:
-        PredictSpec(mode="ensemble", image_data="i", text_data="t", members=["a", "b"], online="live")
+        PredictSpec(mode="ensemble-last", members=["a.npy", "b.npy"], online="live")
     assert _error_fields(exc.value) == {"online"}
     with pytest.raises(ValidationError) as exc:
         TrainSpec(train_data="d", unknown_option=1)
@@ -70,54 +67,50 @@ def test_round_trip_through_json():
     assert spec_from_json(spec.model_dump_json()) == spec
 
 
-def test_train_cli_args_parse_with_the_real_trainer_cli(tmp_path):
-    from services.trainer.cli import build_parser
+def test_train_options_resolve_into_the_trainers_settings(tmp_path):
+    from services.trainer.train.config import TrainConfig
 
     spec = TrainSpec(train_data="datasets/d/lmdb/train", val_data="datasets/d/lmdb/valid",
                      max_steps=7, lr=2e-4, use_augment=True, freeze_vision=True, online="cache",
                      resume="pretrained_weights/base.pt", reset_optimizer=True, loss="dsl",
                      dsl_temperature=1000.0, save_step_frequency=3, valid_step_interval=2,
                      vision_model="tiny", text_model="tiny", precision="fp32", attn_implementation="eager")
-    argv = spec.to_cli_args(tmp_path, name="job1", events=tmp_path / "ev.jsonl")
-    args = build_parser(only="train").parse_args(argv)
-    assert args.train_data == str(tmp_path / "datasets/d/lmdb/train")
-    assert args.val_data == str(tmp_path / "datasets/d/lmdb/valid")
-    assert args.name == "job1" and args.logs == str(tmp_path / "experiments")
-    assert (args.max_steps, args.lr, args.use_augment, args.freeze_vision) == (7, 2e-4, True, True)
-    assert (args.online, args.loss, args.dsl_temperature) == ("cache", "dsl", 1000.0)
-    assert args.resume == str(tmp_path / "pretrained_weights/base.pt") and args.reset_optimizer
-    assert (args.save_step_frequency, args.valid_step_interval) == (3, 2)
-    assert (args.vision_model, args.precision, args.attn_implementation) == ("tiny", "fp32", "eager")
-    assert args.events == str(tmp_path / "ev.jsonl") and args.no_progress
-    resumed = build_parser(only="train").parse_args(
-        spec.to_cli_args(tmp_path, name="job1", resume_override=tmp_path / "latest.pt"))
+    config = TrainConfig(**spec.resolved_options(tmp_path, job_id="job1", events=tmp_path / "ev.jsonl"))
+    assert config.train_data == str(tmp_path / "datasets/d/lmdb/train")
+    assert config.val_data == str(tmp_path / "datasets/d/lmdb/valid")
+    assert config.name == "job1" and config.logs == str(tmp_path / "experiments")
+    assert (config.max_steps, config.lr, config.use_augment, config.freeze_vision) == (7, 2e-4, True, True)
+    assert (config.online, config.loss, config.dsl_temperature) == ("cache", "dsl", 1000.0)
+    assert config.resume == str(tmp_path / "pretrained_weights/base.pt") and config.reset_optimizer
+    assert (config.save_step_frequency, config.valid_step_interval) == (3, 2)
+    assert (config.vision_model, config.precision, config.attn_implementation) == ("tiny", "fp32", "eager")
+    assert config.events == str(tmp_path / "ev.jsonl") and config.no_progress
+    resumed = TrainConfig(**spec.resolved_options(tmp_path, job_id="job1", resume_override=tmp_path / "latest.pt"))
     assert resumed.resume == str(tmp_path / "latest.pt") and not resumed.reset_optimizer
 
 
-def test_predict_cli_args_parse_with_the_real_trainer_cli(tmp_path):
-    from services.trainer.cli import SUBCOMMANDS, build_parser
+def test_predict_options_resolve_into_the_predictors_settings(tmp_path):
+    from services.trainer.predict.config import PredictConfig
 
-    if "predict" not in SUBCOMMANDS:
-        pytest.fail("cnclip predict is missing")
-    parser = build_parser(only="predict")
     single = PredictSpec(mode="single", image_data="d/lmdb/test", text_data="d/test_texts.jsonl",
                          resume="resume/model-1.pt", online="live", online_max_epochs=50,
                          vision_model="tiny", text_model="tiny")
-    args = parser.parse_args(single.to_cli_args(tmp_path, name="j", events=tmp_path / "e"))
-    assert (args.mode, args.online, args.online_max_epochs) == ("single", "live", 50)
-    assert args.resume == str(tmp_path / "resume/model-1.pt")
-    assert args.output == str(tmp_path / "experiments/results/j_predictions.jsonl")
-    assert (args.img_batch_size, args.text_batch_size, args.num_workers) == (64, 64, 0)
+    config = PredictConfig(**single.resolved_options(tmp_path, job_id="j", events=tmp_path / "e"))
+    assert (config.mode, config.online, config.online_max_epochs) == ("single", "live", 50)
+    assert config.resume == str(tmp_path / "resume/model-1.pt")
+    assert config.output == str(tmp_path / "experiments/results/j_predictions.jsonl")
+    assert (config.img_batch_size, config.text_batch_size, config.num_workers) == (64, 64, 0)
+    assert config.online_cache_dir == str(tmp_path / "online_cache") and config.score_dir == str(tmp_path / "npy_save")
     ensemble = PredictSpec(mode="ensemble", image_data="d/lmdb/test", text_data="d/t.jsonl",
                            members=["resume/model-1.pt", "resume/model-2.pt"], weights=[0.25, 0.75],
                            score_dir="npy_save", save_scores=True, output="experiments/results/e.jsonl")
-    args = parser.parse_args(ensemble.to_cli_args(tmp_path, name="j"))
-    assert args.members == [str(tmp_path / "resume/model-1.pt"), str(tmp_path / "resume/model-2.pt")]
-    assert [float(w) for w in args.weights] == [0.25, 0.75] and args.save_scores
+    config = PredictConfig(**ensemble.resolved_options(tmp_path, job_id="j"))
+    assert config.members == [str(tmp_path / "resume/model-1.pt"), str(tmp_path / "resume/model-2.pt")]
+    assert config.weights == [0.25, 0.75] and config.save_scores
     last = PredictSpec(mode="ensemble-last", image_data="d/lmdb/test", text_data="d/t.jsonl",
                        score_dir="npy_save_last")
-    args = parser.parse_args(last.to_cli_args(tmp_path, name="j"))
-    assert args.mode == "ensemble-last" and args.score_dir == str(tmp_path / "npy_save_last")
+    config = PredictConfig(**last.resolved_options(tmp_path, job_id="j"))
+    assert config.mode == "ensemble-last" and config.score_dir == str(tmp_path / "npy_save_last")
 
 
 def test_torchrun_args():

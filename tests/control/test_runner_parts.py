@@ -48,7 +48,7 @@ def test_progress_keeps_latest_figures_and_eta():
     assert tracker.result == {"metrics": {"r1": 1.0}} and tracker.error == "out of memory"
 
 
-def test_torchrun_command(tmp_path):
+def test_torchrun_command_hands_the_trainer_resolved_options(tmp_path):
     spec = TrainSpec(train_data="d/train", nproc_per_node=2, max_steps=3, device="cuda")
     record = JobRecord(id="job-1", kind="train", spec=spec.model_dump(mode="json", exclude={"kind"}))
     settings = RunnerSettings(data_root=tmp_path, device_override="cpu")
@@ -56,11 +56,22 @@ def test_torchrun_command(tmp_path):
     split = argv.index("--")
     assert argv[1:3] == ["-m", "torch.distributed.run"]
     assert argv[3:split] == ["--nnodes=1", "--nproc-per-node=2", "--standalone", "-m"]
-    assert argv[split + 1:split + 3] == ["services.trainer.cli", "train"]
-    assert argv[argv.index("--device") + 1] == "cpu"  # the machine's override wins
-    assert argv[argv.index("--logs") + 1] == str(tmp_path / "experiments")
+    assert argv[split + 1:] == ["services.trainer.cli", "train", "--options-file", str(tmp_path / "ev.options.json")]
+    options = json.loads((tmp_path / "ev.options.json").read_text())
+    assert options["device"] == "cpu"  # the machine's override wins
+    assert options["logs"] == str(tmp_path / "experiments") and options["name"] == "job-1"
+    assert options["train_data"] == str(tmp_path / "d/train") and options["events"] == str(tmp_path / "ev.jsonl")
     resumed = record.model_copy(update={"resume_from": str(tmp_path / "latest.pt")})
-    assert build_command(resumed, settings, tmp_path / "e")[-5:-3] == ["--resume", str(tmp_path / "latest.pt")]
+    build_command(resumed, settings, tmp_path / "e.jsonl")
+    assert json.loads((tmp_path / "e.options.json").read_text())["resume"] == str(tmp_path / "latest.pt")
+    # The trainer's own parser reads the file into the same options.
+    from services.trainer.cli import build_parser
+    from services.trainer.commands.train import config_from
+
+    (tmp_path / "d/train/imgs").mkdir(parents=True)
+    (tmp_path / "d/train/pairs").mkdir()
+    config = config_from(build_parser(only="train").parse_args(argv[split + 2:]))
+    assert (config.max_steps, config.device, config.name, config.no_progress) == (3, "cpu", "job-1", True)
 
 
 def test_control_and_runner_do_not_import_torch():

@@ -23,7 +23,7 @@ def make_config(data, tmp_path: Path, **overrides) -> TrainConfig:
     options = dict(
         train_data=data.lmdb("train"), val_data=data.lmdb("valid"), logs=tmp_path, name="run",
         vision_model="tiny", text_model="tiny", num_workers=0, valid_num_workers=0, batch_size=8,
-        valid_batch_size=16, max_steps=4, precision="fp32", progress=False, warmup=1, lr=1e-3,
+        valid_batch_size=16, max_steps=4, precision="fp32", no_progress=True, warmup=1, lr=1e-3,
     )
     options.update(overrides)
     config = TrainConfig(**options)

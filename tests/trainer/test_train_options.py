@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from services.trainer.cli import main
-from services.trainer.commands.train import online_mode
+from shared.options import online_from_legacy
 
 
 def _run(argv, capsys):
@@ -27,14 +27,15 @@ def test_max_steps_and_max_epochs_are_exclusive(tmp_path, capsys):
     split = _data_dirs(tmp_path)
     code, text = _run(["train", "--train-data", str(split), "--max-steps", "5", "--max-epochs", "2"], capsys)
     assert code == 2
-    assert "not allowed with argument --max-steps" in text
+    assert "--max-epochs: give max_steps or max_epochs, not both" in text
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--batch-size", "0"], "--batch-size: must be a positive integer, got 0"),
-    (["--lr", "-1"], "--lr: must be a finite number > 0"),
-    (["--beta2", "1.5"], "--beta2: must be in [0, 1)"),
-    (["--valid-epoch-interval", "-3"], "must be a positive interval or -1 (never)"),
+    (["--batch-size", "0"], "--batch-size: Input should be greater than or equal to 1 (got '0')"),
+    (["--lr", "-1"], "--lr: Input should be greater than 0"),
+    (["--lr", "nan"], "--lr: Input should be a finite number"),
+    (["--beta2", "1.5"], "--beta2: Input should be less than 1"),
+    (["--valid-epoch-interval", "-3"], "--valid-epoch-interval: Input should be greater than or equal to 1"),
     (["--precision", "fp8"], "invalid choice: 'fp8'"),
     (["--loss", "triplet"], "invalid choice: 'triplet'"),
 ])
@@ -45,30 +46,23 @@ def test_bad_values_are_named(tmp_path, capsys, argv, message):
     assert message in text
 
 
-@pytest.mark.parametrize("argv", [["--online", "live"], ["--online", "cache"], ["--online-learning"],
-                                  ["--online-learning", "--online-cache"]])
-def test_online_learning_is_refused_in_this_build(tmp_path, capsys, argv):
+def test_online_learning_needs_validation_data(tmp_path, capsys):
     split = _data_dirs(tmp_path)
-    code, text = _run(["train", "--train-data", str(split), "--logs", str(tmp_path), *argv], capsys)
+    code, text = _run(["train", "--train-data", str(split), "--logs", str(tmp_path), "--online-learning"], capsys)
     assert code == 2
-    assert "not available in this build" in text and "only --online off is supported" in text
+    assert "--online: online 'live' learns during validation and needs val_data" in text
     assert not (tmp_path / "train_clip").exists()
 
 
 def test_prototype_spellings_of_online_modes():
-    class Args:
-        online = None
-        online_learning = True
-        online_cache = True
-
-    assert online_mode(Args) == "cache"
-    Args.online_cache = False
-    assert online_mode(Args) == "live"
-    Args.online, Args.online_learning = None, False
-    assert online_mode(Args) == "off"
-    Args.online_cache = True
+    assert online_from_legacy(None, True, True) == "cache"
+    assert online_from_legacy(None, True, False) == "live"
+    assert online_from_legacy(None, False, False) is None
+    assert online_from_legacy("live", True, False) == "live"
     with pytest.raises(ValueError, match="--online-cache needs --online-learning"):
-        online_mode(Args)
+        online_from_legacy(None, False, True)
+    with pytest.raises(ValueError, match="--online off contradicts --online-learning"):
+        online_from_legacy("off", True, False)
 
 
 def test_missing_or_incomplete_data_dirs(tmp_path, capsys):
@@ -91,4 +85,4 @@ def test_unknown_models_and_missing_resume(tmp_path, capsys):
 def test_step_validation_needs_validation_data(tmp_path, capsys):
     split = _data_dirs(tmp_path)
     code, text = _run(["train", "--train-data", str(split), "--valid-step-interval", "5"], capsys)
-    assert code == 2 and "--valid-step-interval needs --val-data" in text
+    assert code == 2 and "--valid-step-interval: valid_step_interval needs val_data" in text

@@ -37,20 +37,34 @@ class JobList(BaseModel):
 _ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorBody}, 404: {"model": ErrorBody}}
 
 
+def _refusal(spec: JobSpec, root) -> HTTPException | None:
+    """What the data root tells about a spec before anything is queued: inputs that are not
+    there (422, per field, as FastAPI reports body errors) and a run name already taken (409)."""
+    problems = spec.missing_inputs(root)
+    if problems:
+        return HTTPException(422, [{"type": "missing_input", "loc": ["body", p.split(":", 1)[0]],
+                                    "msg": p.split(":", 1)[1].strip()} for p in problems])
+    if isinstance(spec, TrainSpec) and spec.name and not spec.continue_run \
+            and spec.output_dir(root, spec.name).exists():
+        return HTTPException(409, f"a run named {spec.name!r} already exists under experiments/; "
+                                  "choose another name or set continue_run to continue it")
+    return None
+
+
 def _submit(state: ControlState, spec: JobSpec, key: str | None) -> tuple[JobRecord, bool]:
+    root = state.settings.data_root
+    key = key or spec.idempotency_key
+    if state.settings.check_inputs and root.is_dir():
+        known = state.sync_redis.get(redis_keys.idempotency(key)) if key else None
+        refusal = None if known else _refusal(spec, root)
+        if refusal is not None:
+            raise refusal
     try:
         record, created = state.store.create(spec, idempotency_key=key)
     except IdempotencyConflict as exc:
         raise HTTPException(409, str(exc)) from exc
     if not created:
         return record, False
-    root = state.settings.data_root
-    if state.settings.check_inputs and root.is_dir():
-        problems = spec.missing_inputs(root)
-        if problems:
-            record = state.store.transition(record.id, "failed",
-                                            reason="missing inputs: " + "; ".join(problems))
-            return record, True
     try:
         state.send_job(record.id, spec.nnodes)
     except Exception as exc:  # the broker is unreachable: the job must not wait forever
@@ -69,7 +83,8 @@ async def _create(spec: JobSpec, response: Response, state: ControlState, key: s
 _SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": JobRecord, "description": "The job created earlier under this idempotency key"},
     400: {"model": ErrorBody, "description": "The body is not JSON"},
-    401: {"model": ErrorBody}, 409: {"model": ErrorBody, "description": "Idempotency key reused with another spec"},
+    401: {"model": ErrorBody},
+    409: {"model": ErrorBody, "description": "Idempotency key reused with another spec, or the run name is taken"},
     503: {"model": ErrorBody, "description": "The broker is unreachable"}}
 
 IdempotencyHeader = Annotated[str | None, Header(pattern=IDEMPOTENCY_PATTERN, alias="Idempotency-Key",

@@ -40,27 +40,3 @@ def weight(text: str) -> float:
         return non_negative_float(text)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"a weight must be a finite number >= 0, got {text}") from None
-
-
-def add_online_arguments(parser: argparse.ArgumentParser, batches: str) -> argparse._ArgumentGroup:
-    """--online off|live|cache plus the prototype's --online-learning [--online-cache]."""
-    online = parser.add_argument_group("online learning")
-    online.add_argument("--online", choices=("off", "live", "cache"), default=None,
-                        help=f"learn from crawled images of each {batches} batch's queries (default off)")
-    online.add_argument("--online-learning", action="store_true", help="same as --online live")
-    online.add_argument("--online-cache", action="store_true",
-                        help="with --online-learning: same as --online cache")
-    return online
-
-
-def online_mode(args: argparse.Namespace) -> str:
-    """The online mode the options ask for; ValueError when they contradict each other."""
-    legacy = None
-    if args.online_learning:
-        legacy = "cache" if args.online_cache else "live"
-    elif args.online_cache:
-        raise ValueError("--online-cache needs --online-learning (or use --online cache)")
-    if args.online is not None and legacy is not None and args.online != legacy:
-        spelled = "--online-learning" + (" --online-cache" if args.online_cache else "")
-        raise ValueError(f"--online {args.online} contradicts {spelled}")
-    return args.online or legacy or "off"

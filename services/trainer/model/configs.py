@@ -56,28 +56,12 @@ _TEXT: dict[str, TextTower] = {
     "tiny": TextTower(64, 2, 4, 256),
 }
 
-# Other spellings users of Chinese-CLIP write for the same towers.
-_TEXT_ALIASES = {"RBT3": "RBT3-chinese"}
+from shared.options import (  # noqa: E402  (the names are torch-free, shared with the job API)
+    TEXT_MODELS, VISION_MODELS, UnknownModelError, canonical_text_model, canonical_vision_model,
+)
 
-VISION_MODELS: tuple[str, ...] = tuple(_VISION)
-TEXT_MODELS: tuple[str, ...] = tuple(_TEXT)
-
-
-class UnknownModelError(ValueError):
-    """A model name that has no configuration here."""
-
-
-def canonical_vision_model(name: str) -> str:
-    if name not in _VISION:
-        raise UnknownModelError(f"unknown vision model {name!r}; choose one of {', '.join(VISION_MODELS)}")
-    return name
-
-
-def canonical_text_model(name: str) -> str:
-    name = _TEXT_ALIASES.get(name, name)
-    if name not in _TEXT:
-        raise UnknownModelError(f"unknown text model {name!r}; choose one of {', '.join(TEXT_MODELS)}")
-    return name
+# One list of names: the API validates against shared/options.py, this file holds the sizes.
+assert set(VISION_MODELS) == set(_VISION) and set(TEXT_MODELS) == set(_TEXT), "model names out of step"
 
 
 def vision_tower(name: str) -> VisionTower:

@@ -15,29 +15,13 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from services.trainer.model import encode_image, encode_text
-
-PRECISIONS = ("amp", "bf16", "fp16", "fp32")
+from services.trainer.precision import autocast_dtype
 
 
 @dataclass
 class Features:
     ids: list[Any]
     features: torch.Tensor  # (n, dim) float32, L2-normalised, CPU
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for feature extraction, or None for plain fp32.
-
-    On a GPU ``amp`` and ``fp16`` mean fp16, ``bf16`` bf16. On the CPU only an explicit ``bf16``
-    autocasts: fp16 CPU kernels are slow and ``amp`` there keeps the exact fp32 features.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "fp32":
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.bfloat16 if precision == "bf16" else None
 
 
 def _run(

@@ -19,13 +19,9 @@ from services.trainer.predict.ensemble import (
 )
 from services.trainer.predict.evaluate import GroundTruthError, read_ground_truth, recall_metrics
 from services.trainer.predict.features import Features, image_features, text_features
-from services.trainer.predict.topk import (
-    DEFAULT_GALLERY_CHUNK,
-    DEFAULT_QUERY_CHUNK,
-    ScoreMatrixWriter,
-    TopK,
-    chunked_topk,
-)
+from services.trainer.precision import autocast_dtype, resolve_device
+from services.trainer.predict.topk import ScoreMatrixWriter, TopK, chunked_topk
+from shared.options import PredictOptions
 
 Emit = Callable[..., None]
 
@@ -34,41 +30,16 @@ def _no_events(type: str, **data: Any) -> None:
     pass
 
 
-@dataclass
-class PredictOptions:
-    vision_model: str = "ViT-B-16"
-    text_model: str = "RoBERTa-wwm-ext-base-chinese"
-    context_length: int = 52
-    precision: str = "amp"
-    attn_implementation: str | None = None
-    device: str = "auto"
-    img_batch_size: int = 64
-    text_batch_size: int = 64
-    num_workers: int = 0
-    top_k: int = 10
-    query_chunk: int = DEFAULT_QUERY_CHUNK
-    gallery_chunk: int = DEFAULT_GALLERY_CHUNK
-    scores_dtype: str = "float32"
-
-    def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for but no CUDA device is available")
-        return torch.device(self.device)
-
-    def score_identity(self, device: torch.device) -> dict[str, Any]:
-        """What, besides checkpoint and data, changes a member's scores."""
-        from services.trainer.predict.features import autocast_dtype
-
-        dtype = autocast_dtype(self.precision, device)
-        return {
-            "vision_model": self.vision_model,
-            "text_model": self.text_model,
-            "context_length": self.context_length,
-            "compute": str(dtype or torch.float32),
-            "scores_dtype": self.scores_dtype,
-        }
+def score_identity(options: PredictOptions, device: torch.device) -> dict[str, Any]:
+    """What, besides checkpoint and data, changes a member's scores."""
+    dtype = autocast_dtype(options.precision, device)
+    return {
+        "vision_model": options.vision_model,
+        "text_model": options.text_model,
+        "context_length": options.context_length,
+        "compute": str(dtype or torch.float32),
+        "scores_dtype": options.scores_dtype,
+    }
 
 
 @dataclass
@@ -171,8 +142,8 @@ def score_member(
     """The member's saved score matrix for these data, computed only when not already saved.
 
     Returns (saved scores, the member's own top-k if it was just computed, reused?)."""
-    device = options.torch_device()
-    key = score_key(checkpoint, image_data, text_data, options.score_identity(device))
+    device = resolve_device(options.device)
+    key = score_key(checkpoint, image_data, text_data, score_identity(options, device))
     path = member_scores_path(score_dir, checkpoint, Path(text_data).stem, key)
     if saved_scores_complete(path):
         emit("ensemble", member=member, checkpoint=str(checkpoint), progress="reused", scores=str(path))
@@ -189,7 +160,7 @@ def score_member(
             "image_data": str(Path(image_data).resolve()),
             "text_data": str(Path(text_data).resolve()),
             "key": key,
-            "options": options.score_identity(device),
+            "options": score_identity(options, device),
         })
         writer.close()
     except BaseException:

@@ -1,7 +1,6 @@
 """The three prediction modes behind `cnclip predict`: single, ensemble, ensemble-last."""
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -22,14 +21,16 @@ from services.trainer.predict.ensemble import (
     write_sidecar,
 )
 from services.trainer.predict.evaluate import EvaluationError, read_ground_truth, write_predictions
+from services.trainer.precision import resolve_device
+from services.trainer.predict.config import PredictConfig
 from services.trainer.predict.pipeline import (
-    PredictOptions,
     encode,
     ground_truth_of,
     load_model,
     metrics_of,
     rank,
     score_member,
+    score_identity,
 )
 from services.trainer.predict.topk import ScoreMatrixWriter
 
@@ -40,36 +41,18 @@ class PredictError(RuntimeError):
     """Bad input to a prediction run, reported as one clear line."""
 
 
-def options_from(args: argparse.Namespace) -> PredictOptions:
-    return PredictOptions(
-        vision_model=args.vision_model,
-        text_model=args.text_model,
-        context_length=args.context_length,
-        precision=args.precision,
-        attn_implementation=args.attn_implementation,
-        device=args.device,
-        img_batch_size=args.img_batch_size,
-        text_batch_size=args.text_batch_size,
-        num_workers=args.num_workers,
-        top_k=args.top_k,
-        query_chunk=args.query_chunk,
-        gallery_chunk=args.gallery_chunk,
-        scores_dtype=args.scores_dtype,
-    )
-
-
-def predict(args: argparse.Namespace, emit: Emit) -> dict[str, Any]:
+def predict(config: PredictConfig, emit: Emit) -> dict[str, Any]:
     from services.trainer.model.checkpoint import CheckpointError
 
     started = time.perf_counter()
-    emit("phase", name=f"predict:{args.mode}")
+    emit("phase", name=f"predict:{config.mode}")
     try:
-        if args.mode == "single":
-            result = _single(args, emit)
-        elif args.mode == "ensemble":
-            result = _ensemble(args, emit)
+        if config.mode == "single":
+            result = _single(config, emit)
+        elif config.mode == "ensemble":
+            result = _ensemble(config, emit)
         else:
-            result = _ensemble_last(args, emit)
+            result = _ensemble_last(config, emit)
     except (EnsembleError, EvaluationError, CheckpointError) as exc:
         raise PredictError(str(exc)) from exc
     except (FileNotFoundError, KeyError, ValueError, FloatingPointError) as exc:
@@ -81,13 +64,13 @@ def predict(args: argparse.Namespace, emit: Emit) -> dict[str, Any]:
 
 
 def _finish(
-    args: argparse.Namespace, text_ids: list[Any], ranked: list[list[Any]], text_data: str | None, emit: Emit
+    config: PredictConfig, text_ids: list[Any], ranked: list[list[Any]], text_data: str | None, emit: Emit
 ) -> dict[str, Any]:
     """Write the predictions and, with ground truth, the metrics."""
-    output = write_predictions(args.output, zip(text_ids, ranked))
-    result: dict[str, Any] = {"mode": args.mode, "output": str(output), "queries": len(text_ids)}
+    output = write_predictions(config.output, zip(text_ids, ranked))
+    result: dict[str, Any] = {"mode": config.mode, "output": str(output), "queries": len(text_ids)}
     reference = ground_truth_of(text_data, emit) if text_data and Path(text_data).is_file() else None
-    metrics = metrics_of(text_ids, ranked, reference, args.top_k, emit)
+    metrics = metrics_of(text_ids, ranked, reference, config.top_k, emit)
     if metrics is not None:
         metrics_file = Path(str(output) + ".metrics.json")
         metrics_file.write_text(json.dumps(metrics) + "\n", encoding="utf-8")
@@ -95,23 +78,22 @@ def _finish(
     return result
 
 
-def _single(args: argparse.Namespace, emit: Emit) -> dict[str, Any]:
-    options = options_from(args)
-    device = options.torch_device()
-    model = load_model(args.resume, options, device)
-    encoded = encode(model, args.image_data, args.text_data, options, device, emit)
+def _single(config: PredictConfig, emit: Emit) -> dict[str, Any]:
+    device = resolve_device(config.device)
+    model = load_model(config.resume, config, device)
+    encoded = encode(model, config.image_data, config.text_data, config, device, emit)
     del model
     writer = scores_path = None
-    if args.save_scores:
-        key = score_key(args.resume, args.image_data, args.text_data, options.score_identity(device))
-        scores_path = member_scores_path(args.score_dir, args.resume, Path(args.text_data).stem, key)
-        writer = ScoreMatrixWriter(scores_path, (len(encoded.texts.ids), len(encoded.images.ids)), options.scores_dtype)
+    if config.save_scores:
+        key = score_key(config.resume, config.image_data, config.text_data, score_identity(config, device))
+        scores_path = member_scores_path(config.score_dir, config.resume, Path(config.text_data).stem, key)
+        writer = ScoreMatrixWriter(scores_path, (len(encoded.texts.ids), len(encoded.images.ids)), config.scores_dtype)
     try:
-        top = rank(encoded, options, device, writer)
+        top = rank(encoded, config, device, writer)
         if writer is not None:
             write_sidecar(scores_path, encoded.texts.ids, encoded.images.ids, {
-                "checkpoint": str(Path(args.resume).resolve()), "key": key,
-                "options": options.score_identity(device),
+                "checkpoint": str(Path(config.resume).resolve()), "key": key,
+                "options": score_identity(config, device),
             })
             writer.close()
     except BaseException:
@@ -119,7 +101,7 @@ def _single(args: argparse.Namespace, emit: Emit) -> dict[str, Any]:
             writer.abort()
         raise
     ranked = ids_of(top, encoded.images.ids)
-    result = _finish(args, encoded.texts.ids, ranked, args.text_data, emit)
+    result = _finish(config, encoded.texts.ids, ranked, config.text_data, emit)
     if scores_path is not None:
         result["scores"] = str(scores_path)
     return result
@@ -132,20 +114,19 @@ def _member_metrics(saved: SavedScores, reference: dict | None, top_k: int) -> d
     return metrics_of(text_ids, ranked, reference, 10)
 
 
-def _ensemble(args: argparse.Namespace, emit: Emit) -> dict[str, Any]:
-    options = options_from(args)
-    n = len(args.members)
+def _ensemble(config: PredictConfig, emit: Emit) -> dict[str, Any]:
+    n = len(config.members)
     fit = None
-    if args.fit_weights_on:
+    if config.fit_weights_on:
         emit("phase", name="ensemble:fit-weights")
-        reference = read_ground_truth(args.fit_weights_on)
+        reference = read_ground_truth(config.fit_weights_on)
         valid = []
-        for i, checkpoint in enumerate(args.members):
-            saved, _, _ = score_member(checkpoint, args.fit_images, args.fit_weights_on, options,
-                                       args.score_dir, emit, member=i)
+        for i, checkpoint in enumerate(config.members):
+            saved, _, _ = score_member(checkpoint, config.fit_images, config.fit_weights_on, config,
+                                       config.score_dir, emit, member=i)
             valid.append(saved)
         fit = fit_weights(
-            valid, reference, query_chunk=options.query_chunk, gallery_chunk=options.gallery_chunk,
+            valid, reference, query_chunk=config.query_chunk, gallery_chunk=config.gallery_chunk,
             on_step=lambda step: emit("ensemble", progress=f"fit evaluation {step['evaluation']}",
                                       weights=step["weights"], metrics=step["metrics"]),
         )
@@ -153,40 +134,40 @@ def _ensemble(args: argparse.Namespace, emit: Emit) -> dict[str, Any]:
              equal_weights=fit.equal_weights, equal_metrics=fit.equal_metrics)
         weights = fit.weights
     else:
-        weights = normalise_weights(args.weights, n)
+        weights = normalise_weights(config.weights, n)
 
     emit("phase", name="ensemble:score-members")
-    reference = ground_truth_of(args.text_data, emit)
+    reference = ground_truth_of(config.text_data, emit)
     members: list[SavedScores] = []
     reused: list[bool] = []
     member_metrics: list[dict[str, float] | None] = []
-    for i, checkpoint in enumerate(args.members):
-        saved, _, was_reused = score_member(checkpoint, args.image_data, args.text_data, options,
-                                            args.score_dir, emit, member=i)
+    for i, checkpoint in enumerate(config.members):
+        saved, _, was_reused = score_member(checkpoint, config.image_data, config.text_data, config,
+                                            config.score_dir, emit, member=i)
         members.append(saved)
         reused.append(was_reused)
-        member_metrics.append(_member_metrics(saved, reference, args.top_k))
+        member_metrics.append(_member_metrics(saved, reference, config.top_k))
         emit("ensemble", member=i, checkpoint=str(checkpoint), weight=weights[i],
              progress=f"{i + 1}/{n}", metrics=member_metrics[-1])
 
     emit("phase", name="ensemble:fuse")
-    text_ids, ranked, _ = fuse(members, weights, args.top_k, query_chunk=options.query_chunk,
-                               gallery_chunk=options.gallery_chunk)
-    result = _finish(args, text_ids, ranked, args.text_data, emit)
+    text_ids, ranked, _ = fuse(members, weights, config.top_k, query_chunk=config.query_chunk,
+                               gallery_chunk=config.gallery_chunk)
+    result = _finish(config, text_ids, ranked, config.text_data, emit)
     result["members"] = [
         {"checkpoint": str(c), "scores": str(m.path), "weight": w, "reused": r, "metrics": mm}
-        for c, m, w, r, mm in zip(args.members, members, weights, reused, member_metrics)
+        for c, m, w, r, mm in zip(config.members, members, weights, reused, member_metrics)
     ]
     result["weights"] = weights
     if fit is not None:
         result["fit"] = fit.as_dict()
-    manifest = write_manifest(args.score_dir, {
+    manifest = write_manifest(config.score_dir, {
         "members": result["members"],
         "weights": weights,
         "fit": result.get("fit"),
-        "text_data": str(Path(args.text_data).resolve()),
-        "image_data": str(Path(args.image_data).resolve()),
-        "top_k": args.top_k,
+        "text_data": str(Path(config.text_data).resolve()),
+        "image_data": str(Path(config.image_data).resolve()),
+        "top_k": config.top_k,
         "output": result["output"],
     })
     result["manifest"] = str(manifest)
@@ -194,23 +175,23 @@ def _ensemble(args: argparse.Namespace, emit: Emit) -> dict[str, Any]:
     return result
 
 
-def _ensemble_last(args: argparse.Namespace, emit: Emit) -> dict[str, Any]:
+def _ensemble_last(config: PredictConfig, emit: Emit) -> dict[str, Any]:
     """Fuse saved matrices only: no checkpoint is loaded, no image is decoded."""
-    text_data = args.text_data
-    if args.members:
-        paths = list(args.members)
-        weights = normalise_weights(args.weights, len(paths))
+    text_data = config.text_data
+    if config.members:
+        paths = list(config.members)
+        weights = normalise_weights(config.weights, len(paths))
     else:
-        manifest = read_manifest(args.score_dir)
+        manifest = read_manifest(config.score_dir)
         paths = [m["scores"] for m in manifest["members"]]
-        weights = normalise_weights(args.weights or manifest.get("weights"), len(paths))
+        weights = normalise_weights(config.weights or manifest.get("weights"), len(paths))
         text_data = text_data or manifest.get("text_data")
     members = [load_saved_scores(p) for p in paths]
     for i, (saved, weight) in enumerate(zip(members, weights)):
         emit("ensemble", member=i, scores=str(saved.path), weight=weight, progress=f"{i + 1}/{len(members)}")
-    text_ids, ranked, _ = fuse(members, weights, args.top_k, query_chunk=args.query_chunk,
-                               gallery_chunk=args.gallery_chunk)
-    result = _finish(args, text_ids, ranked, text_data, emit)
+    text_ids, ranked, _ = fuse(members, weights, config.top_k, query_chunk=config.query_chunk,
+                               gallery_chunk=config.gallery_chunk)
+    result = _finish(config, text_ids, ranked, text_data, emit)
     result["members"] = [{"scores": str(m.path), "weight": w} for m, w in zip(members, weights)]
     result["weights"] = weights
     emit("ensemble", progress="done", weights=weights, metrics=result.get("metrics"))

@@ -38,17 +38,23 @@ def _master_port(settings: RunnerSettings, job_id: str) -> int:
 
 def build_command(record: JobRecord, settings: RunnerSettings, events: Path, *,
                   node_rank: int = 0, master_addr: str = "127.0.0.1") -> list[str]:
+    """torchrun running ``cnclip train|predict --options-file F``: the spec's options, resolved
+    under the data root, go to the trainer as JSON (F beside ``events``), so the runner never
+    re-renders options as command-line text."""
     spec = record.parsed_spec()
     if settings.device_override:
         spec = spec.model_copy(update={"device": settings.device_override})
     resume = Path(record.resume_from) if record.resume_from else None
-    cli = spec.to_cli_args(settings.data_root, name=record.id, events=events, resume_override=resume)
+    options = spec.resolved_options(settings.data_root, job_id=record.id, events=events, resume_override=resume)
+    options_file = events.with_name(events.stem + ".options.json")
+    options_file.parent.mkdir(parents=True, exist_ok=True)
+    options_file.write_text(json.dumps(options, indent=1, sort_keys=True), encoding="utf-8")
     torchrun = spec.torchrun_args(node_rank=node_rank, master_addr=master_addr,
                                   master_port=_master_port(settings, record.id))
     # "--" ends torchrun's own options: its parser would otherwise read the trainer's
     # options too (and refuse "--logs" as an ambiguous prefix of its "--logs-specs").
     return [settings.python, "-m", "torch.distributed.run", *torchrun,
-            "-m", "--", "services.trainer.cli", *cli]
+            "-m", "--", "services.trainer.cli", spec.kind, "--options-file", str(options_file)]
 
 
 def _child_env() -> dict[str, str]:

@@ -14,9 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-
-class DeviceUnavailableError(RuntimeError):
-    pass
+from services.trainer.precision import DeviceUnavailableError, resolve_device  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -69,22 +67,6 @@ class DistEnv:
     def close(self) -> None:
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
-
-
-def resolve_device(choice: str, local_rank: int) -> torch.device:
-    """``auto``: the local rank's GPU when CUDA is available, else the CPU."""
-    if choice not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"unknown device {choice!r}; choose auto, cpu or cuda")
-    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise DeviceUnavailableError("--device cuda was requested but no CUDA device is available")
-    count = torch.cuda.device_count()
-    if local_rank >= count:
-        raise DeviceUnavailableError(
-            f"local rank {local_rank} needs GPU {local_rank} but only {count} are visible"
-        )
-    return torch.device("cuda", local_rank)
 
 
 def init_distributed(device_choice: str = "auto", timeout_s: float = 1800.0) -> DistEnv:

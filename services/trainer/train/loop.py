@@ -1,9 +1,7 @@
 """The training loop: Chinese-CLIP fine-tuning under torchrun, with validation.
 
-One optimizer step consumes ``accum_freq`` batches per rank. With ``accum_freq > 1`` the
-features of all those batches are first computed without gradients, then each batch is
-recomputed with gradients while the cached features of the others serve as negatives (the
-way Chinese-CLIP accumulates), so the loss is always that of the whole accumulated global batch.
+One optimizer step consumes ``accum_freq`` batches per rank (train/step.py, the step unit that
+the online learner and test-time adaptation call too).
 
 Positions are counted in optimizer steps: epoch ``e`` holds ``steps_per_epoch`` steps, and a
 checkpoint's ``step`` alone says where a resumed run continues (epoch ``step //
@@ -13,7 +11,6 @@ when the data order is deterministic (no augmentation).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -44,22 +41,13 @@ from services.trainer.train.loss import contrastive_loss
 from services.trainer.train.online import OnlineHook, make_online_hook
 from services.trainer.train.retrieval import recall_at_k
 from services.trainer.train.schedule import warmup_cosine
+from services.trainer.train.step import MAX_LOGIT_SCALE, StepResult, TrainStep, step_seed  # noqa: F401
+from services.trainer.precision import half_weights
 
 log = logging.getLogger("cnclip.train")
 
-MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learned temperature at 100
-
-
 class TrainingError(RuntimeError):
     """A run that cannot go on (the message says why)."""
-
-
-@dataclass
-class StepResult:
-    loss: float
-    img2txt_acc: float
-    txt2img_acc: float
-    samples: int
 
 
 @dataclass
@@ -124,10 +112,6 @@ def freeze_vision_tower(model: nn.Module) -> None:
             param.requires_grad_(False)
 
 
-def _step_seed(seed: int, step: int, rank: int) -> int:
-    return (seed * 1_000_003 + step * 1_009 + rank) % (2**63 - 1)
-
-
 class _TqdmHandler(logging.StreamHandler):
     """Writes log lines above a progress bar instead of through it."""
 
@@ -187,7 +171,7 @@ class Trainer:
         checkpoint = self._load_resume_weights()
         if config.freeze_vision:
             freeze_vision_tower(self.model)
-        if config.precision == "fp16":
+        if half_weights(config.precision):
             self.model.half()
         self.model.to(self.device)
         self.contrastive = ContrastiveModel(self.model)
@@ -199,8 +183,10 @@ class Trainer:
         else:
             self.ddp_model = self.contrastive
         self.optimizer = build_optimizer(self.model, config)
-        self.scaler = (torch.amp.GradScaler("cuda")
-                       if config.precision == "amp" and self.device.type == "cuda" else None)
+        self.step_unit = TrainStep(forward=self.ddp_model, model=self.model, optimizer=self.optimizer, env=env,
+                                   precision=config.precision, loss=config.loss,
+                                   dsl_temperature=config.dsl_temperature)
+        self.scaler = self.step_unit.scaler
 
         resolution = image_resolution(config.vision_model)
         self.train_data = build_train_data(config, env, resolution)
@@ -232,7 +218,7 @@ class Trainer:
 
     def _resume_path(self) -> Path | None:
         if self.config.resume is not None:
-            return self.config.resume
+            return Path(self.config.resume)
         latest = self.config.checkpoint_dir / "epoch_latest.pt"
         if latest.is_file():
             log.info("continuing this run from %s", latest)
@@ -267,71 +253,16 @@ class Trainer:
                     "pass --reset-data-offset if the data or the batch size changed", recorded, self.step, epoch + 1)
 
     def autocast(self):
-        """The autocast context of the chosen precision: fp16 for amp on CUDA, bf16 for bf16; a
-        no-op for fp32, for fp16 weights and for amp on the CPU (mixed precision there is slower
-        than fp32 on most processors, and amp is the default)."""
-        precision = self.config.precision
-        if precision == "amp" and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.float16)
-        if precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return self.step_unit.autocast()
 
-    # ------------------------------------------------------------------------------ training
-    def _to_device(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        images = batch.images.to(self.device, non_blocking=True)
-        if self.config.precision == "fp16":
-            images = images.half()
-        return (images, batch.input_ids.to(self.device, non_blocking=True),
-                batch.attention_mask.to(self.device, non_blocking=True))
-
-    def _backward(self, loss: torch.Tensor) -> None:
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-        else:
-            loss.backward()
-
-    def _loss(self, image_features, text_features, logit_scale):
-        return contrastive_loss(image_features, text_features, logit_scale,
-                                kind=self.config.loss, dsl_temperature=self.config.dsl_temperature)
+    def _to_device(self, batch: Batch):
+        chunk = self.step_unit.to_device(batch.images, batch.input_ids, batch.attention_mask)
+        return chunk.images, chunk.input_ids, chunk.attention_mask
 
     def train_step(self, batches: list[Batch]) -> StepResult:
         """One optimizer step over ``batches`` (``accum_freq`` of them)."""
-        torch.manual_seed(_step_seed(self.config.seed, self.step, self.env.rank))
-        self.ddp_model.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        inputs = [self._to_device(b) for b in batches]
-        if len(inputs) == 1:
-            with self.autocast():
-                image_features, text_features, logit_scale = self.ddp_model(*inputs[0])
-            out = self._loss(image_features, text_features, logit_scale)
-            self._backward(out.loss)
-        else:
-            with torch.no_grad(), self.autocast():
-                cached = [self.ddp_model(*chunk)[:2] for chunk in inputs]
-            cached_images = [c[0] for c in cached]
-            cached_texts = [c[1] for c in cached]
-            for j, chunk in enumerate(inputs):
-                last = j == len(inputs) - 1
-                sync = contextlib.nullcontext() if last or not self.env.distributed else self.ddp_model.no_sync()
-                with sync:
-                    with self.autocast():
-                        image_j, text_j, logit_scale = self.ddp_model(*chunk)
-                    image_features = torch.cat(cached_images[:j] + [image_j] + cached_images[j + 1:])
-                    text_features = torch.cat(cached_texts[:j] + [text_j] + cached_texts[j + 1:])
-                    # Every pass computes the loss of the whole accumulated batch; its gradient
-                    # reaches the logit scale in one pass only, or it would count accum_freq times.
-                    out = self._loss(image_features, text_features, logit_scale if last else logit_scale.detach())
-                    self._backward(out.loss)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        with torch.no_grad():
-            self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-        samples = sum(b.images.shape[0] for b in batches) * self.env.world_size
-        return StepResult(out.loss.item(), out.img2txt_acc.item(), out.txt2img_acc.item(), samples)
+        torch.manual_seed(step_seed(self.config.seed, self.step, self.env.rank))
+        return self.step_unit([self.step_unit.to_device(b.images, b.input_ids, b.attention_mask) for b in batches])
 
     def fit(self) -> TrainResult:
         config = self.config
@@ -366,7 +297,7 @@ class Trainer:
     def _train_epoch(self, epoch: int, first_batch: int) -> int:
         config = self.config
         # The loader's worker seeds come from the global generator: fix them per epoch.
-        torch.manual_seed(_step_seed(config.seed, -1 - epoch, self.env.rank))
+        torch.manual_seed(step_seed(config.seed, -1 - epoch, self.env.rank))
         batches = iter(self.train_data.epoch(epoch, first_batch))
         steps_done = 0
         # Throughput is measured over the steps since the last report.

@@ -79,6 +79,15 @@ def dual_softmax_logits(logits: torch.Tensor, temperature: float) -> torch.Tenso
     return logits * prior * logits.shape[0]
 
 
+def gather_valid(valid: torch.Tensor) -> torch.Tensor:
+    """The validity masks of all ranks in rank order (no gradient needed)."""
+    if not _distributed():
+        return valid
+    parts = [torch.empty_like(valid) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, valid)
+    return torch.cat(parts)
+
+
 def contrastive_loss(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
@@ -86,13 +95,18 @@ def contrastive_loss(
     kind: LossKind = "clip",
     dsl_temperature: float = 1000.0,
     gather: bool = True,
+    valid: torch.Tensor | None = None,
 ) -> LossOutput:
     """Loss of paired local features (row i of each is one pair) over the global batch.
 
     ``logit_scale`` is the multiplier ``exp(model.logit_scale)`` (what ContrastiveModel and
     Chinese-CLIP's model return), not the log-parameter itself. Features are
     L2-normalised here, so the encoders' raw outputs can be passed. With ``gather`` the
-    features of all ranks are gathered first (a no-op in a single process)."""
+    features of all ranks are gathered first (a no-op in a single process).
+
+    ``valid`` (bool, one per local row) marks padding rows to leave out: ranks that hold fewer
+    pairs than others pad to the same length, because the gather needs equal shapes; padding
+    rows then take no part in the loss and get no gradient."""
     if kind not in LOSS_KINDS:
         raise ValueError(f"unknown loss {kind!r}; choose one of {', '.join(LOSS_KINDS)}")
     if image_features.shape[0] != text_features.shape[0]:
@@ -104,6 +118,9 @@ def contrastive_loss(
     if gather:
         image_features = gather_features(image_features)
         text_features = gather_features(text_features)
+    if valid is not None:
+        keep = (gather_valid(valid) if gather else valid).to(image_features.device)
+        image_features, text_features = image_features[keep], text_features[keep]
     scale = torch.as_tensor(logit_scale, device=image_features.device).float()
     logits_per_image = scale * image_features @ text_features.t()
     logits_per_text = logits_per_image.t()

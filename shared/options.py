@@ -1,0 +1,314 @@
+"""The options of ``cnclip train`` and ``cnclip predict``: the one place each is defined.
+
+Every option is a field of a model here, with its name, type, default, bounds and help; rules
+that span fields are validators here. Three things are built from these models and nothing
+else (a test checks they agree):
+
+- the command line (``services/trainer/commands/options_cli.py`` turns fields into argparse
+  options: ``train_data`` -> ``--train-data``; a bool that defaults to False is a flag, one that
+  defaults to True takes ``on|off``),
+- the job specs (``shared/jobspec.py``: service fields + these options, paths relative to the
+  data root),
+- the trainer's run settings (``TrainConfig`` / prediction ``RunSettings``: these options plus
+  where the run writes).
+
+Torch-free: the API checks a spec against these rules before anything is queued.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import PurePath
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+OnlineMode = Literal["off", "live", "cache"]
+Precision = Literal["amp", "bf16", "fp16", "fp32"]
+Device = Literal["auto", "cpu", "cuda"]
+AttnImplementation = Literal["sdpa", "eager", "flash_attention_2"]
+PredictMode = Literal["single", "ensemble", "ensemble-last"]
+LossKind = Literal["clip", "dsl"]
+ScoresDtype = Literal["float16", "float32"]
+
+DEFAULT_MAX_EPOCHS = 32  # Chinese-CLIP's default when neither length is given
+
+# ---- model names ---------------------------------------------------------------------------
+# The towers this build has configurations for (services/trainer/model/configs.py holds their
+# sizes and checks it covers exactly these names).
+VISION_MODELS: tuple[str, ...] = ("ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-H-14", "tiny")
+TEXT_MODELS: tuple[str, ...] = ("RoBERTa-wwm-ext-base-chinese", "RoBERTa-wwm-ext-large-chinese",
+                                "RBT3-chinese", "tiny")
+TEXT_MODEL_ALIASES = {"RBT3": "RBT3-chinese"}  # other spellings users of Chinese-CLIP write
+
+
+class UnknownModelError(ValueError):
+    """A model name that has no configuration here."""
+
+
+def canonical_vision_model(name: str) -> str:
+    if name not in VISION_MODELS:
+        raise UnknownModelError(f"unknown vision model {name!r}; choose one of {', '.join(VISION_MODELS)}")
+    return name
+
+
+def canonical_text_model(name: str) -> str:
+    name = TEXT_MODEL_ALIASES.get(name, name)
+    if name not in TEXT_MODELS:
+        raise UnknownModelError(f"unknown text model {name!r}; choose one of {', '.join(TEXT_MODELS)}")
+    return name
+
+
+VisionModel = Annotated[str, Field(max_length=64), AfterValidator(canonical_vision_model)]
+TextModel = Annotated[str, Field(max_length=64), AfterValidator(canonical_text_model)]
+
+
+# ---- value types -----------------------------------------------------------------------------
+def _interval(value: Any) -> Any:
+    """-1, 0, 'none' or null switch an interval off (stored as None); the prototype writes -1."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().lower() in ("none", "null", "-1", "0"):
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value in (-1, 0):
+        return None
+    return value
+
+
+Interval = Annotated[Annotated[int, Field(ge=1)] | None, BeforeValidator(_interval)]
+
+# Paths are plain strings here: on the command line they are taken as given, in a job spec they
+# are relative to the data root (shared/jobspec.py checks and resolves every field marked so).
+INPUT = {"path": "input"}  # must exist before the run starts
+OUTPUT = {"path": "output"}  # written by the run
+
+
+def _path_text(value: Any) -> Any:
+    return str(value) if isinstance(value, PurePath) else value
+
+
+PathText = Annotated[str, BeforeValidator(_path_text), Field(min_length=1, max_length=4096)]
+
+
+def path_kind(field_info) -> str | None:
+    extra = field_info.json_schema_extra
+    return extra.get("path") if isinstance(extra, dict) else None
+
+
+def refuse(model: BaseModel, field: str, message: str) -> ValidationError:
+    """A validation error of a rule that spans fields, located at the field a user must change
+    (a model validator's ValueError would name no field)."""
+    return ValidationError.from_exception_data(type(model).__name__, [InitErrorDetails(
+        type=PydanticCustomError("option_rule", message), loc=(field,), input=getattr(model, field, None))])
+
+
+class _Options(BaseModel):
+    # Non-finite numbers (NaN, inf, 1e400) are refused everywhere: no option means them.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_default=False)
+
+
+class ModelOptions(_Options):
+    vision_model: VisionModel = Field("ViT-B-16", description="image tower")
+    text_model: TextModel = Field("RoBERTa-wwm-ext-base-chinese", description="text tower")
+    context_length: int = Field(52, ge=8, le=512, description="text length in tokens, [CLS] and [SEP] included")
+    precision: Precision = Field(
+        "amp", description="amp: fp32 weights, fp16 autocast with loss scaling on CUDA (plain fp32 on the CPU); "
+                           "bf16: fp32 weights, bf16 autocast; fp16: fp16 weights (as Chinese-CLIP); fp32")
+    attn_implementation: AttnImplementation | None = Field(
+        None, description="default: FlashAttention-2 when installed (and not fp32), else SDPA")
+    device: Device = Field("auto", description="auto: CUDA when available")
+
+
+class OptimOptions(_Options):
+    """How a training step updates the model: the main loop's and the online steps'."""
+
+    lr: float = Field(5e-5, gt=0, le=10, description="learning rate (peak of the schedule in training)")
+    wd: float = Field(0.001, ge=0, le=10, description="weight decay (not on biases, norms, logit scale)")
+    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1")
+    beta2: float = Field(0.98, ge=0, lt=1, description="AdamW beta2")
+    eps: float = Field(1e-6, gt=0, le=1, description="AdamW epsilon")
+    loss: LossKind = Field("clip", description="clip or the prototype's dual softmax (dsl)")
+    dsl_temperature: float = Field(1000.0, gt=0, le=1e6, description="temperature of the dual-softmax prior")
+    seed: int = Field(123, ge=0, le=2**31 - 1, description="random seed")
+
+
+class OnlineOptions(_Options):
+    online: OnlineMode = Field(
+        "off", description="learn from crawled images of each evaluation batch's queries: live (crawler pool "
+                           "over Redis, written through to the cache), cache (the cache only), off")
+    online_images: int = Field(5, ge=1, le=20, description="images crawled per query (K)")
+    online_wait_s: float = Field(60.0, ge=0, le=86400,
+                                 description="longest wait for a batch's crawl results before it goes on without them")
+    online_window: int = Field(256, ge=1, le=100000, description="crawl requests in flight ahead of use, per rank")
+    online_login_timeout_s: float = Field(
+        1800.0, ge=0, le=7 * 86400, description="live: how long to wait for a crawler rank to log in before failing")
+    online_dedupe_gallery: bool = Field(
+        True, description="drop crawled images that are near-duplicates of the gallery being scored")
+    online_cache_dir: PathText | None = Field(
+        None, json_schema_extra=OUTPUT,
+        description="crawled-image cache (default: the data root's online_cache/)")
+
+
+LEGACY_ONLINE_FLAGS = ("--online-learning", "--online-cache")
+
+
+def online_from_legacy(online: str | None, learning: bool, cache: bool) -> str | None:
+    """The online mode that the prototype's ``--online-learning [--online-cache]`` spell, merged
+    with ``--online``; ValueError when they contradict each other."""
+    legacy = None
+    if learning:
+        legacy = "cache" if cache else "live"
+    elif cache:
+        raise ValueError("--online-cache needs --online-learning (or use --online cache)")
+    if online is not None and legacy is not None and online != legacy:
+        spelled = "--online-learning" + (" --online-cache" if cache else "")
+        raise ValueError(f"--online {online} contradicts {spelled}")
+    return online or legacy
+
+
+class TrainOptions(ModelOptions, OptimOptions, OnlineOptions):
+    """Everything a user chooses about a training run (names follow the prototype's params.py)."""
+
+    train_data: PathText = Field(..., json_schema_extra=INPUT, description="LMDB dir of the training split (.../lmdb/train)")
+    val_data: PathText | None = Field(None, json_schema_extra=INPUT,
+                                 description="LMDB dir of the validation split; none disables validation")
+    num_workers: int = Field(4, ge=0, le=64, description="DataLoader workers for training")
+    valid_num_workers: int = Field(1, ge=0, le=64, description="DataLoader workers for validation")
+    use_augment: bool = Field(False, description="AutoAugment and random erasing on training images")
+    log_interval: int = Field(10, ge=1, description="steps between progress logs/events")
+    report_training_batch_acc: bool = Field(
+        False, description="report image->text and text->image accuracy of training batches")
+    save_step_frequency: Interval = Field(None, description="save a checkpoint every N steps (-1: never)")
+    save_epoch_frequency: int = Field(1, ge=1, description="save a checkpoint every N epochs")
+    batch_size: int = Field(128, ge=1, le=65536, description="training batch size per rank")
+    valid_batch_size: int = Field(128, ge=1, le=65536, description="validation batch size per rank")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps to train for")
+    max_epochs: int | None = Field(
+        None, ge=1, description=f"epochs to train for (default {DEFAULT_MAX_EPOCHS} when max_steps is not given)")
+    valid_step_interval: Interval = Field(None, description="validate every N steps (default: never)")
+    valid_epoch_interval: Interval = Field(1, description="validate every N epochs (-1: never)")
+    warmup: int = Field(100, ge=0, description="linear warmup steps before the cosine decay")
+    accum_freq: int = Field(1, ge=1, le=1024,
+                            description="batches per optimizer step (features of the others are cached as negatives)")
+    freeze_vision: bool = Field(False, description="keep the image tower fixed")
+    grad_checkpointing: bool = Field(False, description="recompute activations in the backward pass")
+    resume: PathText | None = Field(
+        None, json_schema_extra=INPUT,
+        description="checkpoint to start from (Chinese-CLIP .pt or a transformers dir); "
+                    "default: this run's checkpoints/epoch_latest.pt if it exists")
+    reset_data_offset: bool = Field(
+        False, description="start at the first batch of epoch 0 instead of where the checkpoint stopped")
+    reset_optimizer: bool = Field(False, description="do not restore the optimizer state")
+
+    @model_validator(mode="after")
+    def _rules(self) -> "TrainOptions":
+        if self.max_steps is not None and self.max_epochs is not None:
+            raise refuse(self, "max_epochs", "give max_steps or max_epochs, not both")
+        if self.max_steps is None and self.max_epochs is None:
+            self.max_epochs = DEFAULT_MAX_EPOCHS
+        if self.valid_step_interval is not None and self.val_data is None:
+            raise refuse(self, "valid_step_interval", "valid_step_interval needs val_data")
+        if self.online != "off" and self.val_data is None:
+            raise refuse(self, "online", f"online {self.online!r} learns during validation and needs val_data")
+        return self
+
+
+class PredictOptions(ModelOptions, OptimOptions, OnlineOptions):
+    """Everything a user chooses about a prediction (the prototype's predict.sh modes):
+    ``single`` (one checkpoint, optionally adapted to the test queries online first),
+    ``ensemble`` (member checkpoints with weights, each optionally adapted online) and
+    ``ensemble-last`` (fuse the score matrices saved by an earlier ensemble; no model)."""
+
+    mode: PredictMode = Field("single", description="single, ensemble or ensemble-last")
+    image_data: PathText | None = Field(None, json_schema_extra=INPUT,
+                                   description="LMDB split dir of the gallery (.../lmdb/test)")
+    text_data: PathText | None = Field(None, json_schema_extra=INPUT, description="queries jsonl (.../test_texts.jsonl)")
+    resume: PathText | None = Field(None, json_schema_extra=INPUT,
+                               description="checkpoint (.pt or transformers dir) for mode single")
+    members: list[PathText] = Field(default_factory=list, max_length=64, json_schema_extra=INPUT,
+                               description="ensemble checkpoints; with ensemble-last: saved .npy score matrices")
+    weights: list[float] | None = Field(None, max_length=64,
+                                        description="one weight per member (default: equal, or the last ensemble's)")
+    score_dir: PathText | None = Field(None, json_schema_extra=OUTPUT,
+                                  description="member score matrices, reused on re-run (default: the data root's npy_save/)")
+    fit_weights_on: PathText | None = Field(None, json_schema_extra=INPUT,
+                                       description="fit the ensemble weights for mean recall on these validation texts")
+    fit_images: PathText | None = Field(None, json_schema_extra=INPUT,
+                                   description="LMDB split dir of the validation gallery (with fit_weights_on)")
+    output: PathText | None = Field(None, json_schema_extra=OUTPUT,
+                               description="predictions jsonl (default: experiments/results/test_predictions[_ensemble].jsonl)")
+    top_k: int = Field(10, ge=1, le=1000, description="images ranked per query")
+    save_scores: bool = Field(False, description="single mode: also keep the score matrix under score_dir")
+    scores_dtype: ScoresDtype = Field("float16", description="dtype of saved score matrices")
+    num_workers: int = Field(0, ge=0, le=64, description="DataLoader workers for images")
+    img_batch_size: int = Field(64, ge=1, le=65536, description="images per encoding batch")
+    text_batch_size: int = Field(64, ge=1, le=65536,
+                                 description="queries per encoding batch and per test-time online step")
+    query_chunk: int = Field(1024, ge=1, le=1 << 20, description="queries per scoring block")
+    gallery_chunk: int = Field(8192, ge=1, le=1 << 24, description="images per scoring block")
+    online_max_epochs: int = Field(1, ge=1, le=1000,
+                                   description="test-time online passes over the test queries (online live|cache)")
+
+    @model_validator(mode="after")
+    def _rules(self) -> "PredictOptions":
+        mode = self.mode
+        if mode != "ensemble-last":
+            for name in ("image_data", "text_data"):
+                if getattr(self, name) is None:
+                    raise refuse(self, name, f"mode {mode!r} needs {name}")
+        if mode == "single":
+            if self.resume is None:
+                raise refuse(self, "resume", "mode 'single' needs a checkpoint (resume)")
+            for name in ("members", "weights", "fit_weights_on"):
+                if getattr(self, name):
+                    raise refuse(self, name, "members, weights and fit_weights_on belong to mode 'ensemble'")
+        else:
+            if self.resume is not None:
+                raise refuse(self, "resume", f"mode {mode!r} takes its checkpoints from members, not resume")
+        if mode == "ensemble" and len(self.members) < 2:
+            raise refuse(self, "members", "mode 'ensemble' needs at least two member checkpoints")
+        if self.weights is not None:
+            if self.members and len(self.weights) != len(self.members):
+                raise refuse(self, "weights", f"{len(self.members)} members but {len(self.weights)} weights")
+            if any(w < 0 or not math.isfinite(w) for w in self.weights) or not any(w > 0 for w in self.weights):
+                raise refuse(self, "weights", "weights must be finite, non-negative and not all zero")
+        if (self.fit_weights_on is None) != (self.fit_images is None):
+            raise refuse(self, "fit_images", "fit_weights_on and fit_images go together")
+        if self.fit_weights_on is not None:
+            if mode != "ensemble":
+                raise refuse(self, "fit_weights_on", "weights are fitted in mode 'ensemble' (cnclip ensemble fits saved matrices)")
+            if self.weights is not None:
+                raise refuse(self, "fit_weights_on", "give either weights or fit_weights_on, not both")
+        if self.online != "off" and mode == "ensemble-last":
+            raise refuse(self, "online", "mode 'ensemble-last' loads no model, so it cannot learn online")
+        return self
+
+
+class TrainRunOptions(_Options):
+    """Where a training run writes and how it reports: chosen by whoever launches it (the
+    command line, or the job runner), not part of a job spec."""
+
+    logs: PathText | None = Field(None, description="where runs are stored (default: the data root's experiments/)")
+    name: str = Field("train_clip", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+                      description="this run's folder under logs")
+    events: PathText | None = Field(None, description="write progress events as JSON lines to this file (rank 0)")
+    job_id: str | None = Field(None, description="the job this run belongs to (set by the job runner)")
+    no_progress: bool = Field(False, description="no progress bar even on a terminal")
+    trace_batches: PathText | None = Field(
+        None, description="append the text ids of every training batch to PATH.rank<R>.jsonl (data-order audit)")
+
+
+class PredictRunOptions(_Options):
+    events: PathText | None = Field(None, description="write progress events as JSON lines to this file")
+    job_id: str | None = Field(None, description="the job this run belongs to (set by the job runner)")
+    no_progress: bool = Field(False, description="no progress bar even on a terminal")
+    experiments: PathText | None = Field(
+        None, description="where test-time adapted checkpoints go (default: the data root's experiments/)")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+                             description="folder under experiments for test-time adapted checkpoints "
+                                         "(default: the job id, else 'online')")
+
+
+def option_fields(model: type[BaseModel]) -> dict[str, Any]:
+    """name -> FieldInfo of every option a model declares (in declaration order)."""
+    return dict(model.model_fields)
