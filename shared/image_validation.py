@@ -143,3 +143,21 @@ def check_prepared(data: bytes, rules: ImageRules = ImageRules()) -> ImageInfo:
             f"shorter side is {min(info.width, info.height)} px, expected {rules.target_short_side}"
         )
     return info
+
+
+# Re-checking bytes that were prepared earlier (cache, result stream): any size the crawler
+# was configured to produce is fine, but the bytes must be a whole, decodable JPEG.
+STORED_RULES = ImageRules(target_short_side=0)
+
+
+def keep_valid_jpegs(images: list[bytes], rules: ImageRules = STORED_RULES) -> tuple[list[bytes], int]:
+    """(the images that decode fully as JPEG under ``rules``, in order; how many did not)."""
+    kept = []
+    for data in images:
+        try:
+            if inspect_image(data, rules).format != "JPEG":
+                continue
+        except InvalidImage:
+            continue
+        kept.append(data)
+    return kept, len(images) - len(kept)

@@ -159,13 +159,15 @@ def create_app(settings: ShopSettings | None = None) -> FastAPI:
         if fault == "bomb":
             return Response(images.decompression_bomb(settings.bomb_side), media_type="image/png",
                             headers=NO_STORE)
-        jpeg = shop.pictures.jpeg(query, index)
+        served = shop.faults.picture(query, index, catalog.clean)
+        jpeg = served or shop.pictures.jpeg(query, index)
         if fault == "truncated":
             return Response(images.truncated(jpeg), media_type="image/jpeg", headers=NO_STORE)
         if fault == "huge":
             return Response(images.huge(jpeg, settings.huge_image_bytes), media_type="image/jpeg",
                             headers=NO_STORE)
-        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400"})
+        return Response(jpeg, media_type="image/jpeg",
+                        headers=NO_STORE if served else {"Cache-Control": "public, max-age=86400"})
 
     # ---- QR login -------------------------------------------------------------------------
     @app.get("/login", response_class=HTMLResponse)

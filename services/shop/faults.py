@@ -8,10 +8,12 @@ test can predict which images break (``ItemSelector.matches``, or ``GET /_test/i
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import threading
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.shop.catalog import stable_fraction
 
@@ -56,6 +58,19 @@ class Faults(BaseModel):
     image_truncated: ItemSelector | None = Field(None, description="the JPEG cut in half")
     image_huge: ItemSelector | None = Field(None, description="a JPEG of huge_image_bytes")
     image_bomb: ItemSelector | None = Field(None, description="a small PNG declaring bomb_side x bomb_side pixels")
+    pictures: dict[str, list[str]] | None = Field(
+        None, description="query -> base64 JPEGs served as the pictures of its first results, in order")
+
+    @field_validator("pictures")
+    @classmethod
+    def _base64(cls, value: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
+        for query, pictures in (value or {}).items():
+            for i, text in enumerate(pictures):
+                try:
+                    base64.b64decode(text, validate=True)
+                except (binascii.Error, ValueError):
+                    raise ValueError(f"pictures[{query!r}][{i}] is not base64") from None
+        return value
 
 
 class FaultBook:
@@ -103,6 +118,15 @@ class FaultBook:
                 return True
             self._faults.session_expire_after = left - 1
             return False
+
+    def picture(self, query: str, index: int, clean: Callable[[str], str]) -> bytes | None:
+        """The picture a test asked to serve for result ``index`` of ``query`` (queries
+        compared after ``clean``), or None for the shop's own picture."""
+        pictures = self.current().pictures or {}
+        for key, served in pictures.items():
+            if clean(key) == query and index < len(served):
+                return base64.b64decode(served[index])
+        return None
 
     def image_fault(self, query: str, index: int) -> ImageFault | None:
         faults = self.current()

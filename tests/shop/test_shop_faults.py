@@ -147,3 +147,20 @@ def test_reset_can_keep_the_logins(shop, logged_in):
     shop.reset(sessions=False)
     assert shop.faults()["captcha"] == 0
     assert search(logged_in).status_code == 200
+
+
+def test_given_pictures_are_served_for_a_query_and_cleared_with_the_faults(shop, client):
+    import base64
+
+    given = io.BytesIO()
+    Image.new("RGB", (120, 80), (10, 200, 30)).save(given, "JPEG", quality=95)
+    shop.set_faults(pictures={f" {QUERY} ": [base64.b64encode(given.getvalue()).decode()]})
+    items = shop.items(QUERY, count=2)["items"]
+    first, second = (client.get(i["image_url"]) for i in items)
+    assert first.content == given.getvalue() and first.headers["cache-control"] == "no-store"
+    assert second.content != given.getvalue() and Image.open(io.BytesIO(second.content)).size == (300, 300)
+    other = shop.items("红色条纹T恤", count=1)["items"][0]
+    assert client.get(other["image_url"]).content != given.getvalue()
+    assert client.post("/_test/faults", json={"pictures": {QUERY: ["not base64!"]}}).status_code == 422
+    shop.clear_faults()
+    assert client.get(items[0]["image_url"]).content != given.getvalue()

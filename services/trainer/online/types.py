@@ -24,6 +24,8 @@ class Fetched:
     images: list[bytes] = field(default_factory=list)
     reason: str | None = None
     from_cache: bool = False
+    # Images removed by the leakage guard as near-copies of gallery images (not in ``images``).
+    dropped_leaked: int = 0
 
     @property
     def ok(self) -> bool:

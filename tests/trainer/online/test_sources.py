@@ -1,0 +1,218 @@
+"""Image sources: the cache alone, and live against real crawler workers on the real shop."""
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import pytest
+from PIL import Image
+
+from services.trainer.online.leakage import LeakageGuard
+from services.trainer.online.sources import make_source
+from shared import redis_keys
+from shared.image_cache import ImageCache
+from shared.redis_keys import CRAWL_QUEUE
+from tests.fixtures_crawler import log_in
+
+QUERIES = ["红色 条纹 T恤", "蓝色 波点 杯子", "绿色 格子 帽子", "黄色 纯色 包",
+           "黑色 条纹 鞋子", "白色 星星 瓶子", "灰色 波点 裤子", "粉色 格子 连衣裙"]
+
+
+def _jpeg(colour: tuple[int, int, int], size: int = 96) -> bytes:
+    out = io.BytesIO()
+    image = Image.new("RGB", (size, size), colour)
+    image.paste((255 - colour[0], 30, 200), (size // 4, size // 4, size // 2, size))
+    image.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def _cache_source(tmp_path, guard=None, n_images=2):
+    return make_source("cache", cache_dir=tmp_path, job_id="j", rank=0, n_images=n_images, window=4,
+                       wait_s=1.0, redis_url=None, request_ttl_s=60, guard=guard)
+
+
+def _live_source(tmp_path, redis_url, *, job_id, window=2, wait_s=60.0, n_images=2, guard=None):
+    return make_source("live", cache_dir=tmp_path / "cache", job_id=job_id, rank=0, n_images=n_images,
+                       window=window, wait_s=wait_s, redis_url=redis_url, request_ttl_s=120, guard=guard)
+
+
+# ---- cache mode -------------------------------------------------------------------------
+def test_cache_mode_reads_the_cache_and_names_what_is_missing(tmp_path):
+    cache = ImageCache(tmp_path, "valid")
+    red, green, blue = _jpeg((200, 0, 0)), _jpeg((0, 200, 0)), _jpeg((0, 0, 200))
+    cache.put("红色 T恤", [red, green, blue])
+    broken = cache.put("坏图", [b"not a jpeg", red[:100]])
+    source = _cache_source(tmp_path)
+    assert source.wait_for_login(0, lambda ranks: pytest.fail("cache mode needs no login"))
+    source.start_pass("valid", ["红色 T恤", "坏图", "没有缓存", "红色　T恤"], pass_index=0)
+    got = source.take(["红色 T恤", "坏图", "没有缓存", "红色 T恤", "红色　T恤"])
+    assert list(got) == ["红色 T恤", "坏图", "没有缓存", "红色　T恤"]  # one per distinct text
+    assert got["红色 T恤"].images == [red, green] and got["红色 T恤"].from_cache  # n_images = 2
+    assert got["红色　T恤"].images == [red, green] and got["红色　T恤"].query == "红色　T恤"
+    assert got["坏图"].reason == "failed" and not got["坏图"].ok
+    assert got["没有缓存"].reason == "not_cached"
+    counts = source.end_pass()
+    assert counts["queries"] == 4 and counts["distinct"] == 3
+    assert counts["cache_hits"] == 2 and counts["invalid_images"] == len(broken)
+    assert counts["failed"] == 1 and counts["not_cached"] == 1
+    source.close()
+
+
+def test_cache_mode_applies_the_leakage_guard(tmp_path):
+    gallery = _jpeg((10, 120, 240), size=128)
+    cache = ImageCache(tmp_path, "test")
+    other = _jpeg((240, 240, 0))
+    cache.put("有泄漏", [gallery, other])
+    cache.put("全是图库", [gallery])
+    source = _cache_source(tmp_path, guard=LeakageGuard.from_images([gallery]))
+    source.start_pass("test", ["有泄漏", "全是图库"], pass_index=0)
+    got = source.take(["有泄漏", "全是图库"])
+    assert got["有泄漏"].images == [other] and got["有泄漏"].dropped_leaked == 1
+    assert got["全是图库"].reason == "leaked" and got["全是图库"].dropped_leaked == 1
+    counts = source.end_pass()
+    assert counts["leaked"] == 1 and counts["dropped_leaked"] == 2
+
+
+def test_misuse_is_refused_with_a_clear_error(tmp_path):
+    source = _cache_source(tmp_path)
+    with pytest.raises(RuntimeError, match="start_pass"):
+        source.take(["q"])
+    source.start_pass("valid", ["q"], 0)
+    with pytest.raises(RuntimeError, match="still open"):
+        source.start_pass("valid", ["q"], 1)
+    source.end_pass()
+    with pytest.raises(RuntimeError, match="no pass"):
+        source.end_pass()
+    with pytest.raises(ValueError, match="mode"):
+        make_source("offline", cache_dir=tmp_path, job_id="j", rank=0, n_images=1, window=1,
+                    wait_s=1, redis_url=None, request_ttl_s=1, guard=None)
+    with pytest.raises(ValueError, match="Redis URL"):
+        make_source("live", cache_dir=tmp_path, job_id="j", rank=0, n_images=1, window=1,
+                    wait_s=1, redis_url=None, request_ttl_s=1, guard=None)
+    with pytest.raises(ValueError, match="n_images"):
+        _cache_source(tmp_path, n_images=0)
+
+
+# ---- live mode: real crawler workers ------------------------------------------------------
+
+
+class QueueWatcher:
+    """Samples the crawl queue's length in the background: requests waiting for a worker."""
+
+    def __init__(self, redis_client):
+        self.redis = redis_client
+        self.most = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.most = max(self.most, self.redis.llen(CRAWL_QUEUE))
+            time.sleep(0.02)
+
+    def __enter__(self) -> "QueueWatcher":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_live_results_arrive_the_cache_fills_and_the_window_holds(tmp_path, redis_url, redis_client,
+                                                                  crawler_worker, shop):
+    ImageCache(tmp_path / "cache", "valid").put(QUERIES[0], [_jpeg((200, 0, 0))])  # crawled before
+    shop.set_faults(page_delay_s=0.3)  # crawls take long enough for requests to pile up
+    source = _live_source(tmp_path, redis_url, job_id="job-window", window=2)
+    assert source.wait_for_login(5, lambda ranks: pytest.fail("rank 0 is logged in"))
+    order = QUERIES + QUERIES[:2]  # a pass may use a query twice
+    batches = [order[i:i + 3] for i in range(0, len(order), 3)]
+    with QueueWatcher(redis_client) as watcher:
+        source.start_pass("valid", order, pass_index=0)
+        got = {}
+        for batch in batches:
+            got.update(source.take(batch))
+            time.sleep(0.5)  # the learner's step: the crawl goes on meanwhile
+        counts = source.end_pass()
+    source.close()
+    assert all(got[q].ok for q in QUERIES), {q: got[q].reason for q in QUERIES}
+    assert got[QUERIES[0]].from_cache and not got[QUERIES[1]].from_cache
+    assert all(len(got[q].images) == 2 for q in QUERIES[1:])
+    # At most `window` requests in flight: one with the worker, the rest still queued.
+    assert counts["max_in_flight"] == 2 and watcher.most <= 2
+    assert counts["submitted"] == counts["arrived"] == len(QUERIES) - 1
+    assert counts["cache_hits"] == 2 and counts["late"] == counts["failed"] == 0
+    assert counts["queries"] == len(order) and counts["distinct"] == len(QUERIES)
+    # Every result went to the cache, and the cache alone now gives the same pairs.
+    cached = _cache_source(tmp_path / "cache")
+    cached.start_pass("valid", QUERIES, pass_index=0)
+    again = cached.take(QUERIES)
+    assert {q: f.images for q, f in again.items()} == {q: got[q].images for q in QUERIES}
+    assert not redis_client.exists(redis_keys.crawl_results("job-window", 0))
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_late_results_are_left_out_then_cached(tmp_path, redis_url, crawler_worker, shop):
+    shop.set_faults(page_delay_s=1.5)
+    source = _live_source(tmp_path, redis_url, job_id="job-late", window=2, wait_s=0.2)
+    source.start_pass("valid", QUERIES[:2], pass_index=0)
+    got = source.take(QUERIES[:2])
+    assert [got[q].reason for q in QUERIES[:2]] == ["late", "late"]
+    cache = ImageCache(tmp_path / "cache", "valid")
+    deadline = time.monotonic() + 90
+    while not all(q in cache for q in QUERIES[:2]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    counts = source.end_pass()
+    source.close()
+    assert all(len(cache.read(q).images) == 2 for q in QUERIES[:2])
+    assert counts["late"] == 2 and counts["arrived"] == counts["arrived_late"] == 2
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_a_crawler_killed_mid_pass_loses_nothing_and_counts_nothing_twice(
+        tmp_path, redis_url, redis_client, crawler_worker, shop):
+    shop.set_faults(page_delay_s=0.4)
+    queries = QUERIES[:6]
+    source = _live_source(tmp_path, redis_url, job_id="job-kill", window=3, wait_s=180)
+    source.start_pass("valid", queries, pass_index=0)
+    deadline = time.monotonic() + 60
+    while source.counts["arrived"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert source.counts["arrived"] >= 1
+    crawler_worker.kill_pool_process()  # mid-pass: the worker's parent requeues its task
+    got = {}
+    for i in range(0, len(queries), 2):
+        got.update(source.take(queries[i:i + 2]))
+    counts = source.end_pass()
+    source.close()
+    assert all(got[q].ok for q in queries), {q: got[q].reason for q in queries}
+    assert counts["submitted"] == counts["arrived"] == len(queries)
+    assert counts["late"] == counts["failed"] == counts["expired"] == 0
+    # Each result was pushed once: the crawler counts only results it actually pushed.
+    assert int(redis_client.hget(redis_keys.crawler_stats(0), "queries")) == len(queries)
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_waiting_for_login_until_the_qr_code_is_confirmed(tmp_path, redis_url, crawler_workers,
+                                                          crawl_client, shop):
+    crawler_workers(rank=0, mode="headless", wait_for=("waiting_for_scan",))
+    source = _live_source(tmp_path, redis_url, job_id="job-login")
+    told = []
+    assert source.wait_for_login(1.0, told.append) is False
+    assert told == [[0]]
+    outcome = {}
+    waiter = threading.Thread(target=lambda: outcome.setdefault(
+        "ok", source.wait_for_login(90, told.append)))
+    waiter.start()
+    time.sleep(1.0)
+    assert waiter.is_alive()  # still waiting: nobody scanned
+    log_in(crawl_client, shop, 0)
+    waiter.join(60)
+    source.close()
+    assert outcome == {"ok": True} and told == [[0], [0]]
