@@ -150,18 +150,16 @@ def test_save_scores_float16(tmp_path, muge, checkpoint, capsys):
         assert row[side["image_ids"].index(pred["image_ids"][0])] == top_score
 
 
-def test_parser_accepts_online_options_but_run_rejects_them(tmp_path, muge, checkpoint, capsys):
+def test_online_options_parse_into_the_prediction_settings(tmp_path, muge, checkpoint, capsys):
+    from services.trainer.commands.predict import config_from
+
     base = ["predict", "--resume", str(checkpoint), "--image-data", str(muge["test_lmdb"]),
             "--text-data", str(muge["test_texts"]), "--output", str(tmp_path / "p.jsonl"), *TINY]
-    args = build_parser("predict").parse_args(base + ["--online", "live", "--online-max-epochs", "3"])
-    assert args.online == "live" and args.online_max_epochs == 3
-    for extra in (["--online", "live"], ["--online", "cache", "--online-max-epochs", "5"],
-                  ["--online-learning", "--online-cache"]):
-        assert cli_main(base + extra) == 2
-        err = capsys.readouterr().err
-        assert "not available in this build" in err and "only --online off" in err
-    assert not (tmp_path / "p.jsonl").exists()
-    # With learning off the epoch count is moot (the job runner always passes it).
+    config = config_from(build_parser("predict").parse_args(base + ["--online", "live", "--online-max-epochs", "3"]))
+    assert config.online == "live" and config.online_max_epochs == 3
+    config = config_from(build_parser("predict").parse_args(base + ["--online-learning", "--online-cache"]))
+    assert config.online == "cache"
+    # With learning off the epoch count is moot.
     assert cli_main(base + ["--online", "off", "--online-max-epochs", "1", "--no-progress"]) == 0
     assert (tmp_path / "p.jsonl").exists()
 
@@ -169,11 +167,11 @@ def test_parser_accepts_online_options_but_run_rejects_them(tmp_path, muge, chec
 @pytest.mark.parametrize(
     "change,message",
     [
-        (lambda a: a.remove("--resume") or a, "needs --resume"),
-        (lambda a: a + ["--members", "x.pt"], "belong to --mode ensemble"),
+        (lambda a: a.remove("--resume") or a, "--resume: mode 'single' needs a checkpoint"),
+        (lambda a: a + ["--members", "x.pt"], "--members: members, weights and fit_weights_on belong to mode 'ensemble'"),
         (lambda a: [x if not x.endswith("test_texts.jsonl") else x + ".missing" for x in a], "texts file not found"),
         (lambda a: a + ["--top-k", "25"], "top-k 25 is larger than the gallery (24 images)"),
-        (lambda a: a + ["--mode", "ensemble"], "needs --members"),
+        (lambda a: a + ["--mode", "ensemble"], "--resume: mode 'ensemble' takes its checkpoints from members"),
         (lambda a: a + ["--online-cache"], "--online-cache needs --online-learning"),
     ],
 )
@@ -199,7 +197,7 @@ def test_checkpoint_of_another_model_fails_with_names(tmp_path, muge, checkpoint
 
 
 def test_job_spec_command_lines_run(muge, capsys):
-    """The arguments the job runner builds from a PredictSpec are the ones predict accepts."""
+    """The options the job runner resolves from a PredictSpec are the ones predict runs with."""
     from shared.jobspec import PredictSpec
 
     root = muge["test_lmdb"].parents[1]
@@ -215,8 +213,10 @@ def test_job_spec_command_lines_run(muge, capsys):
     ]
     outputs = []
     for i, spec in enumerate(specs):
-        argv = spec.to_cli_args(root, name=f"job{i}", events=root / f"job{i}.events.jsonl")
-        assert cli_main(argv) == 0, capsys.readouterr().err
+        options = root / f"job{i}.options.json"
+        options.write_text(json.dumps(spec.resolved_options(root, job_id=f"job{i}",
+                                                            events=root / f"job{i}.events.jsonl")))
+        assert cli_main(["predict", "--options-file", str(options)]) == 0, capsys.readouterr().err
         result = last_json(capsys)
         assert Path(result["output"]) == spec.output_path(root, f"job{i}")
         assert "mr" in result["metrics"]

@@ -118,12 +118,12 @@ class RecordingHook(NoOnline):
         self.calls = []
         self.before = None
 
-    def before_eval(self, split, texts, trainer):
+    def before_eval(self, split, texts):
         self.before = list(texts)
 
-    def on_eval_batch(self, split, batch_index, texts, trainer):
-        assert trainer.model is not None and trainer.optimizer is not None
-        self.calls.append((split, batch_index, list(texts)))
+    def on_eval_batch(self, split, batch_index, batch):
+        assert batch.input_ids.shape[0] == len(batch.texts) == batch.attention_mask.shape[0]
+        self.calls.append((split, batch_index, list(batch.texts)))
 
 
 def test_online_hook_sees_each_validation_batch_once(synthetic_data, tmp_path):

@@ -400,8 +400,10 @@ def save_checkpoint(
     epoch: int,
     step: int,
     name: str,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write a Chinese-CLIP compatible `.pt` atomically (temporary file, fsync, rename).
+    ``extra`` adds keys of this project (such as ``online_steps``) that Chinese-CLIP ignores.
 
     A reader never sees a half-written file, and a crash keeps the previous checkpoint.
     """
@@ -415,6 +417,7 @@ def save_checkpoint(
         "state_dict": {k: v.cpu() for k, v in transformers_to_cnclip(clip.state_dict()).items()},
         "optimizer": _cpu(optimizer.state_dict()) if optimizer is not None else None,
         "optimizer_param_names": optimizer_param_names(clip, optimizer) if optimizer is not None else None,
+        **(extra or {}),
     }
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -81,6 +81,11 @@ def _finish(
 def _single(config: PredictConfig, emit: Emit) -> dict[str, Any]:
     device = resolve_device(config.device)
     model = load_model(config.resume, config, device)
+    adapted = None
+    if config.online != "off":
+        from services.trainer.online.adapt import adapt
+
+        adapted = adapt(model, config.resume, config, device, emit)
     encoded = encode(model, config.image_data, config.text_data, config, device, emit)
     del model
     writer = scores_path = None
@@ -104,6 +109,8 @@ def _single(config: PredictConfig, emit: Emit) -> dict[str, Any]:
     result = _finish(config, encoded.texts.ids, ranked, config.text_data, emit)
     if scores_path is not None:
         result["scores"] = str(scores_path)
+    if adapted is not None:
+        result["adapted_checkpoint"] = str(adapted)
     return result
 
 
@@ -114,14 +121,30 @@ def _member_metrics(saved: SavedScores, reference: dict | None, top_k: int) -> d
     return metrics_of(text_ids, ranked, reference, 10)
 
 
+def _online_members(config: PredictConfig, emit: Emit) -> list[str]:
+    """The members' checkpoints, each adapted to the test queries first when online."""
+    if config.online == "off":
+        return list(config.members)
+    from services.trainer.online.adapt import adapt
+
+    device = resolve_device(config.device)
+    adapted = []
+    for i, checkpoint in enumerate(config.members):
+        model = load_model(checkpoint, config, device)
+        adapted.append(str(adapt(model, checkpoint, config, device, emit, member=i)))
+        del model
+    return adapted
+
+
 def _ensemble(config: PredictConfig, emit: Emit) -> dict[str, Any]:
     n = len(config.members)
+    checkpoints = _online_members(config, emit)
     fit = None
     if config.fit_weights_on:
         emit("phase", name="ensemble:fit-weights")
         reference = read_ground_truth(config.fit_weights_on)
         valid = []
-        for i, checkpoint in enumerate(config.members):
+        for i, checkpoint in enumerate(checkpoints):
             saved, _, _ = score_member(checkpoint, config.fit_images, config.fit_weights_on, config,
                                        config.score_dir, emit, member=i)
             valid.append(saved)
@@ -141,7 +164,7 @@ def _ensemble(config: PredictConfig, emit: Emit) -> dict[str, Any]:
     members: list[SavedScores] = []
     reused: list[bool] = []
     member_metrics: list[dict[str, float] | None] = []
-    for i, checkpoint in enumerate(config.members):
+    for i, checkpoint in enumerate(checkpoints):
         saved, _, was_reused = score_member(checkpoint, config.image_data, config.text_data, config,
                                             config.score_dir, emit, member=i)
         members.append(saved)
@@ -156,7 +179,7 @@ def _ensemble(config: PredictConfig, emit: Emit) -> dict[str, Any]:
     result = _finish(config, text_ids, ranked, config.text_data, emit)
     result["members"] = [
         {"checkpoint": str(c), "scores": str(m.path), "weight": w, "reused": r, "metrics": mm}
-        for c, m, w, r, mm in zip(config.members, members, weights, reused, member_metrics)
+        for c, m, w, r, mm in zip(checkpoints, members, weights, reused, member_metrics)
     ]
     result["weights"] = weights
     if fit is not None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from shared.messages import JobEvent
 
-_ONLINE_COUNTERS = ("requested", "received", "failures", "cache_hits", "wait_s")
+_ONLINE_COUNTERS = ("queries", "pairs", "dropped_leaked", "wait_ms")
 
 
 class ProgressTracker:
@@ -30,12 +30,20 @@ class ProgressTracker:
                                            ("step", "epoch", "loss", "r1", "r5", "r10", "mr")
                                            if k in data}
         elif kind == "online":
-            self.progress["online"] = {k: data[k] for k in _ONLINE_COUNTERS if k in data}
+            self.progress["online"] = {k: data[k] for k in (*_ONLINE_COUNTERS, "loss", "missing", "online_step")
+                                       if k in data}
             totals = self.progress.setdefault("online_total", {k: 0 for k in _ONLINE_COUNTERS})
             for key in _ONLINE_COUNTERS:
                 value = data.get(key)
                 if isinstance(value, (int, float)):
                     totals[key] = round(totals.get(key, 0) + value, 3)
+        elif kind == "online_state":
+            # waiting_for_login while no crawler rank is logged in; logged_in once one is.
+            self.progress["online_state"] = data.get("state", "")
+        elif kind == "online_pass":
+            self.progress["online_pass"] = {k: data[k] for k in
+                                            ("split", "epoch", "pass_index", "queries", "pairs", "steps",
+                                             "missing", "wall_s") if k in data}
         elif kind == "phase":
             self.progress["phase"] = data.get("name", "")
             for key in ("step", "total_steps", "epoch"):

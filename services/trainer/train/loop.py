@@ -38,10 +38,13 @@ from services.trainer.train.data import Batch, build_train_data, build_valid_dat
 from services.trainer.train.distributed import DistEnv, init_distributed
 from services.trainer.train.events import EventSink, JsonLinesSink, MultiSink, NullSink, TqdmSink
 from services.trainer.train.loss import contrastive_loss
-from services.trainer.train.online import OnlineHook, make_online_hook
+from services.trainer.train.online import NoOnline, OnlineHook
 from services.trainer.train.retrieval import recall_at_k
 from services.trainer.train.schedule import warmup_cosine
-from services.trainer.train.step import MAX_LOGIT_SCALE, StepResult, TrainStep, step_seed  # noqa: F401
+from services.trainer.train.step import (  # noqa: F401 (re-exported)
+    MAX_LOGIT_SCALE, StepResult, TrainStep, build_optimizer, no_weight_decay, step_seed,
+)
+from services.trainer.online.learner import OnlineLoginTimeout
 from services.trainer.precision import half_weights
 
 log = logging.getLogger("cnclip.train")
@@ -77,32 +80,6 @@ class TrainResult:
     epochs: int
     checkpoints: list[str] = field(default_factory=list)
     validations: list[ValidationResult] = field(default_factory=list)
-
-
-def no_weight_decay(model: nn.Module) -> set[str]:
-    """Names of parameters trained without weight decay: biases, normalisation layers and
-    the logit scale (as Chinese-CLIP does). Normalisation layers are found by type, so the
-    rule holds whatever the layers are called."""
-    names: set[str] = set()
-    for module_name, module in model.named_modules():
-        is_norm = isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d))
-        for param_name, _ in module.named_parameters(recurse=False):
-            full = f"{module_name}.{param_name}" if module_name else param_name
-            if is_norm or param_name == "bias" or param_name == "logit_scale":
-                names.add(full)
-    return names
-
-
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    exempt = no_weight_decay(model)
-    decay, plain = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (plain if name in exempt else decay).append(param)
-    return torch.optim.AdamW(
-        [{"params": plain, "weight_decay": 0.0}, {"params": decay, "weight_decay": config.wd}],
-        lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps,
-    )
 
 
 def freeze_vision_tower(model: nn.Module) -> None:
@@ -157,7 +134,6 @@ class Trainer:
         self.env = env
         self.device = env.device
         self.sink: EventSink = sink or NullSink()
-        self.online = online or make_online_hook(config.online)
         self.result = TrainResult(steps=0, epochs=0)
         self._trace = None
         self._seed_everything(config.seed)
@@ -191,6 +167,7 @@ class Trainer:
         resolution = image_resolution(config.vision_model)
         self.train_data = build_train_data(config, env, resolution)
         self.valid_data = build_valid_data(config, env, resolution) if config.val_data else None
+        self.online = online or self._make_online(checkpoint)
         num_batches = self.train_data.num_batches
         if num_batches < config.accum_freq:
             raise ConfigError(
@@ -211,6 +188,17 @@ class Trainer:
             self._restore_training_state(checkpoint)
 
     # ------------------------------------------------------------------------------ setup
+    def _make_online(self, checkpoint: dict[str, Any] | None) -> OnlineHook:
+        config = self.config
+        if config.online == "off" or self.valid_data is None:
+            return NoOnline()
+        from services.trainer.online.factory import build_learner
+
+        return build_learner(
+            config, self.env, self.step_unit, image_resolution(config.vision_model), self.sink.emit,
+            gallery=config.val_data, job_id=config.job_id or config.name,
+            online_steps=int((checkpoint or {}).get("online_steps") or 0) if not config.reset_data_offset else 0)
+
     def _seed_everything(self, seed: int) -> None:
         random.seed(seed)
         np.random.seed(seed % 2**32)
@@ -360,11 +348,13 @@ class Trainer:
         env = self.env
         self.sink.emit("phase", name="validation", step=self.step)
         log.info("validating (epoch %d @ %d steps)", epoch + 1, self.step)
-        self.online.before_eval("valid", self.valid_data.rank_texts(), self)
+        if hasattr(self.online, "epoch"):
+            self.online.epoch = epoch + 1
+        self.online.before_eval("valid", self.valid_data.rank_texts())
         sums = torch.zeros(4, dtype=torch.float64)  # loss * n, img2txt hits, txt2img hits, n
         image_features, text_features, image_ids, text_ids = [], [], [], []
         for index, batch in enumerate(self.valid_data.batches()):
-            self.online.on_eval_batch("valid", index, batch.texts, self)
+            self.online.on_eval_batch("valid", index, batch)
             self.contrastive.eval()
             image_f, text_f, logit_scale = self._embed(*self._to_device(batch))
             out = contrastive_loss(image_f, text_f, logit_scale, kind=self.config.loss,
@@ -376,7 +366,7 @@ class Trainer:
             text_features.append(text_f.float().cpu())
             image_ids.extend(batch.image_ids)
             text_ids.extend(batch.text_ids)
-        self.online.after_eval("valid", self)
+        self.online.after_eval("valid")
         totals = env.all_reduce_sum(sums.to(self.device)).cpu()
         count = max(totals[3].item(), 1.0)
         local = (torch.cat(image_features) if image_features else torch.empty(0),
@@ -436,7 +426,8 @@ class Trainer:
         for name in names:
             started = time.perf_counter()
             path = save_checkpoint(self.config.checkpoint_dir / name, self.model, self.optimizer,
-                                   epoch, self.step, self.config.name)
+                                   epoch, self.step, self.config.name,
+                                   extra={"online_steps": getattr(self.online, "online_steps", 0)})
             log.info("saved %s (epoch %d @ %d steps) in %.2fs", path, epoch, self.step, time.perf_counter() - started)
             self.sink.emit("checkpoint", path=str(path), epoch=epoch, step=self.step)
             if name != "epoch_latest.pt":
@@ -456,6 +447,8 @@ class Trainer:
             self._trace.flush()
 
     def close(self) -> None:
+        if hasattr(self.online, "close"):
+            self.online.close()
         if self._trace is not None:
             self._trace.close()
             self._trace = None
@@ -496,7 +489,7 @@ def run_training(config: TrainConfig) -> int:
                                    "latest": str(config.checkpoint_dir / "epoch_latest.pt")},
                   metrics=last.as_event() if last else {}, steps=result.steps)
         log.info("finished at step %d", result.steps)
-    except (CheckpointError, ConfigError, TrainingError) as exc:
+    except (CheckpointError, ConfigError, TrainingError, OnlineLoginTimeout) as exc:
         log.error("%s", exc)
         sink.emit("log", level="error", message=str(exc))
         code = 1

@@ -44,6 +44,33 @@ class StepResult:
     samples: int
 
 
+def no_weight_decay(model: nn.Module) -> set[str]:
+    """Names of parameters trained without weight decay: biases, normalisation layers and
+    the logit scale (as Chinese-CLIP does). Normalisation layers are found by type, so the
+    rule holds whatever the layers are called."""
+    names: set[str] = set()
+    for module_name, module in model.named_modules():
+        is_norm = isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d))
+        for param_name, _ in module.named_parameters(recurse=False):
+            full = f"{module_name}.{param_name}" if module_name else param_name
+            if is_norm or param_name == "bias" or param_name == "logit_scale":
+                names.add(full)
+    return names
+
+
+def build_optimizer(model: nn.Module, config) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; ``config`` carries the OptimOptions fields."""
+    exempt = no_weight_decay(model)
+    decay, plain = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (plain if name in exempt else decay).append(param)
+    return torch.optim.AdamW(
+        [{"params": plain, "weight_decay": 0.0}, {"params": decay, "weight_decay": config.wd}],
+        lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps,
+    )
+
+
 def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 1_009 + rank) % (2**63 - 1)
 

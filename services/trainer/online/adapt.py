@@ -1,0 +1,82 @@
+"""Test-time online learning: before a checkpoint scores the test gallery, ``online_max_epochs``
+passes of crawl-and-step over the test queries (pass ``e`` learns from each query's crawled
+image number ``e mod K``, as the prototype did), then the adapted model is saved as
+``{experiments}/{name}/epoch{E}_online_{N}.pt`` in the Chinese-CLIP format and used to predict."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from services.trainer.data.texts import TextsDataset
+from services.trainer.model import ContrastiveModel, image_resolution
+from services.trainer.model.checkpoint import read_checkpoint, save_checkpoint
+from services.trainer.online.factory import build_learner
+from services.trainer.precision import half_weights
+from services.trainer.train.distributed import DistEnv
+from services.trainer.train.step import TrainStep, build_optimizer
+
+log = logging.getLogger("cnclip.online")
+
+
+def adapted_name(config: Any, epoch: int, epochs: int, member: int | None) -> Path:
+    stem = f"epoch{epoch}_online_{epochs}.pt"
+    if member is not None:
+        stem = f"member{member}-{stem}"
+    run = config.name or config.job_id or "online"
+    return Path(config.experiments) / run / stem
+
+
+def _checkpoint_info(checkpoint: str | Path) -> dict[str, Any]:
+    try:
+        data = read_checkpoint(checkpoint)
+    except Exception:  # a transformers directory or a bare state dict: no epoch to carry
+        return {}
+    return {"epoch": data.get("epoch"), "step": data.get("step")} if isinstance(data, dict) else {}
+
+
+def adapt(model: torch.nn.Module, checkpoint: str | Path, config: Any, device: torch.device,
+          emit: Callable[..., None], *, member: int | None = None) -> Path:
+    """Adapt ``model`` (loaded from ``checkpoint``, on ``device``) in place and save it.
+    Returns the adapted checkpoint's path."""
+    env = DistEnv(rank=0, world_size=1, local_rank=0, device=device, backend=None)
+    if half_weights(config.precision):
+        model.half()
+    model.train()
+    optimizer = build_optimizer(model, config)
+    step = TrainStep(forward=ContrastiveModel(model), model=model, optimizer=optimizer, env=env,
+                     precision=config.precision, loss=config.loss, dsl_temperature=config.dsl_temperature)
+    k = config.online_images
+    learner = build_learner(config, env, step, image_resolution(config.vision_model), emit,
+                            gallery=config.image_data, job_id=config.job_id or config.name or "predict",
+                            image_index=lambda pass_index: pass_index % k)
+    texts = TextsDataset(config.text_data, config.context_length)
+    rows = [texts[i] for i in range(len(texts))]
+    queries = [r[1] for r in rows]
+    size = config.text_batch_size
+    info = _checkpoint_info(checkpoint)
+    emit("phase", name="predict:online" + (f":member{member}" if member is not None else ""))
+    try:
+        for epoch in range(config.online_max_epochs):
+            learner.epoch = epoch + 1
+            learner.before_eval("test", queries)
+            for index, start in enumerate(range(0, len(rows), size)):
+                chunk = rows[start:start + size]
+                learner.learn("test", index, [r[1] for r in chunk], torch.stack([r[2] for r in chunk]),
+                              torch.stack([r[3] for r in chunk]))
+            learner.after_eval("test")
+    finally:
+        learner.close()
+    model.eval()
+    path = adapted_name(config, int(info.get("epoch") or 0), config.online_max_epochs, member)
+    save_checkpoint(path, model, optimizer, int(info.get("epoch") or 0), int(info.get("step") or 0),
+                    path.parent.name, extra={"online_steps": learner.online_steps,
+                                             "adapted_from": str(Path(checkpoint).resolve())})
+    if half_weights(config.precision):
+        model.float()  # prediction runs fp32 weights under autocast
+    emit("checkpoint", path=str(path), epoch=int(info.get("epoch") or 0), step=learner.online_steps)
+    log.info("test-time online learning: %d steps over %d passes; saved %s", learner.online_steps,
+             config.online_max_epochs, path)
+    return path

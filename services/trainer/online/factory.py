@@ -1,0 +1,41 @@
+"""Wires an online learner from a run's options: the image source of its mode, the leakage
+guard over the gallery being scored, the image transform of its model, where to report."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+from services.trainer.data.transforms import image_transform
+from services.trainer.online.leakage import LeakageGuard
+from services.trainer.online.learner import OnlineLearner
+from services.trainer.online.sources import make_source
+from services.trainer.train.distributed import DistEnv
+from services.trainer.train.step import TrainStep
+from shared.settings import common_settings
+
+log = logging.getLogger("cnclip.online")
+
+# A crawl request is worth answering for this long: a pass that waits on login or on a slow
+# site still collects what was asked for early (the result also goes to the cache).
+REQUEST_TTL_S = 3 * 3600
+
+
+def build_learner(options: Any, env: DistEnv, step: TrainStep, resolution: int, emit: Callable[..., None], *,
+                  gallery: str | None, job_id: str, online_steps: int = 0,
+                  image_index: Callable[[int], int] = lambda pass_index: 0) -> OnlineLearner:
+    """``options`` carries the OnlineOptions fields (a TrainConfig or a PredictConfig)."""
+    guard = None
+    if options.online_dedupe_gallery and gallery:
+        guard = LeakageGuard.from_lmdb(gallery)
+        log.info("leakage guard: %d gallery images from %s", len(guard), gallery)
+    cache_dir = Path(options.online_cache_dir or common_settings().data_root / "online_cache")
+    source = make_source(options.online, cache_dir=cache_dir, job_id=job_id, rank=env.rank,
+                         n_images=options.online_images, window=options.online_window,
+                         wait_s=options.online_wait_s,
+                         redis_url=common_settings().redis_url if options.online == "live" else None,
+                         request_ttl_s=REQUEST_TTL_S, guard=guard)
+    return OnlineLearner(source=source, step=step, env=env, transform=image_transform(resolution),
+                         emit=emit, seed=options.seed, images_per_query=options.online_images,
+                         login_timeout_s=options.online_login_timeout_s, image_index=image_index,
+                         online_steps=online_steps)

@@ -1,0 +1,200 @@
+"""The online learner: before an evaluation batch is embedded, one training step on
+(crawled image, query) pairs for that batch's queries.
+
+It implements the loop's ``OnlineHook`` (validation during training) and is driven directly by
+test-time adaptation (prediction). It knows nothing of the mode: an image source
+(sources.py) hands it each query's crawled images or the reason there are none.
+
+- Crawl ahead: ``before_eval`` gives the source every query of the pass in order of use, so
+  browsers work on later batches while the model steps on earlier ones.
+- Missing is missing: a query without a usable image is left out of the step and counted by
+  reason; nothing is replaced by a placeholder.
+- Ranks stay in lock-step: every rank joins every step (DDP and the feature gather need all of
+  them). Ranks pad to the longest rank's pair count with rows marked invalid, which take no
+  part in the loss; a rank with no pairs contributes only padding. If no rank has a pair, all
+  skip the step together.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from PIL import Image
+
+from services.trainer.online.sources import ImageSource
+from services.trainer.online.types import Fetched
+from services.trainer.train.distributed import DistEnv
+from services.trainer.train.step import TrainStep, step_seed
+
+log = logging.getLogger("cnclip.online")
+
+ONLINE_SEED_OFFSET = 1_000_000_007  # online steps draw dropout from a stream of their own
+
+
+class OnlineLoginTimeout(RuntimeError):
+    """Live mode: no crawler rank logged in before the login timeout."""
+
+
+@dataclass
+class PassTotals:
+    queries: int = 0
+    pairs: int = 0
+    steps: int = 0
+    dropped_leaked: int = 0
+    missing: Counter = field(default_factory=Counter)
+    started: float = field(default_factory=time.perf_counter)
+
+
+class OnlineLearner:
+    def __init__(self, *, source: ImageSource, step: TrainStep, env: DistEnv, transform: Callable,
+                 emit: Callable[..., None], seed: int, images_per_query: int,
+                 login_timeout_s: float, image_index: Callable[[int], int] = lambda pass_index: 0,
+                 online_steps: int = 0):
+        self.source = source
+        self.step = step
+        self.env = env
+        self.transform = transform
+        self.emit = emit
+        self.seed = seed
+        self.images_per_query = images_per_query
+        self.login_timeout_s = login_timeout_s
+        self.image_index = image_index
+        self.online_steps = online_steps  # counted over the run, stored in checkpoints
+        self.pass_index = 0
+        self.epoch: int | None = None
+        self._totals: PassTotals | None = None
+        self._login_checked = False
+
+    # ---- the OnlineHook seam ---------------------------------------------------------------
+    def before_eval(self, split: str, texts: Sequence[str]) -> None:
+        self._wait_for_login()
+        self._totals = PassTotals()
+        self.source.start_pass(split, texts, self.pass_index)
+
+    def on_eval_batch(self, split: str, batch_index: int, batch: Any) -> None:
+        self.learn(split, batch_index, batch.texts, batch.input_ids, batch.attention_mask)
+
+    def after_eval(self, split: str) -> None:
+        counters = self.source.end_pass()
+        totals = self._totals or PassTotals()
+        self.emit("online_pass", split=split, epoch=self.epoch, pass_index=self.pass_index,
+                  queries=totals.queries, pairs=totals.pairs, steps=totals.steps,
+                  missing=dict(totals.missing), dropped_leaked=totals.dropped_leaked,
+                  cache_hits=counters.get("cache_hits", 0), source=counters,
+                  wall_s=round(time.perf_counter() - totals.started, 3), online_step=self.online_steps)
+        log.info("online pass %d (%s): %d queries, %d pairs, %d steps, missing %s",
+                 self.pass_index, split, totals.queries, totals.pairs, totals.steps, dict(totals.missing))
+        self.pass_index += 1
+        self._totals = None
+
+    # ---- one batch --------------------------------------------------------------------------
+    def learn(self, split: str, batch_index: int, texts: Sequence[str], input_ids: torch.Tensor,
+              attention_mask: torch.Tensor) -> float | None:
+        """One online step for a batch's queries; returns the loss, or None when every rank
+        had nothing and the step was skipped."""
+        started = time.perf_counter()
+        first_row: dict[str, int] = {}
+        for row, text in enumerate(texts):
+            first_row.setdefault(text, row)  # a query paired with several images counts once
+        fetched = self.source.take(list(first_row))
+        wait_ms = round((time.perf_counter() - started) * 1000, 1)
+        rows, images, missing, leaked = [], [], Counter(), 0
+        index = self.image_index(self.pass_index)
+        for text, row in first_row.items():
+            got = fetched.get(text) or Fetched(text, reason="failed")
+            leaked += got.dropped_leaked
+            picture = self._picture(got, index)
+            if picture is None:
+                missing[got.reason or "failed"] += 1
+                continue
+            rows.append(row)
+            images.append(picture)
+        loss = self._step(images, input_ids[rows] if rows else input_ids[:0],
+                          attention_mask[rows] if rows else attention_mask[:0])
+        totals = self._totals
+        if totals is not None:
+            totals.queries += len(first_row)
+            totals.pairs += len(rows)
+            totals.dropped_leaked += leaked
+            totals.missing.update(missing)
+            totals.steps += loss is not None
+        self.emit("online", split=split, batch=batch_index, pass_index=self.pass_index,
+                  queries=len(first_row), pairs=len(rows), missing=dict(missing), dropped_leaked=leaked,
+                  wait_ms=wait_ms, loss=loss, online_step=self.online_steps,
+                  image_index=index)
+        return loss
+
+    def _picture(self, fetched: Fetched, index: int) -> torch.Tensor | None:
+        """The crawled image number ``index`` (or, when fewer were crawled, the one that
+        number wraps to), ready for the model; None when there is none usable."""
+        if not fetched.images:
+            return None
+        data = fetched.images[index % len(fetched.images)]
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                return self.transform(image.convert("RGB"))
+        except (OSError, ValueError) as exc:  # validated already; a decoder may still refuse
+            log.warning("crawled image of %r could not be decoded: %s", fetched.query, exc)
+            fetched.reason = "failed"
+            return None
+
+    def _step(self, images: list[torch.Tensor], input_ids: torch.Tensor,
+              attention_mask: torch.Tensor) -> float | None:
+        env = self.env
+        counts = env.all_gather_objects(len(images))
+        longest, total = max(counts), sum(counts)
+        if total == 0:
+            return None  # nobody has a pair: every rank skips together
+        pad = longest - len(images)
+        pixels = torch.stack(images) if images else torch.zeros((0, *self._image_shape()))
+        if pad:
+            pixels = torch.cat([pixels, torch.zeros((pad, *pixels.shape[1:]), dtype=pixels.dtype)])
+            filler_ids = torch.zeros((pad, input_ids.shape[1]), dtype=input_ids.dtype)
+            filler_ids[:, 0], filler_ids[:, 1] = 101, 102  # [CLS] [SEP]: a well-formed empty text
+            filler_mask = torch.zeros_like(filler_ids)
+            filler_mask[:, :2] = 1
+            input_ids = torch.cat([input_ids, filler_ids])
+            attention_mask = torch.cat([attention_mask, filler_mask])
+        # Masks only when ranks differ, decided from the counts every rank has, so all ranks
+        # take the same collective path.
+        valid = None
+        if len(set(counts)) > 1:
+            valid = torch.zeros(longest, dtype=torch.bool)
+            valid[:len(images)] = True
+        torch.manual_seed(step_seed(self.seed, ONLINE_SEED_OFFSET + self.online_steps, env.rank))
+        chunk = self.step.to_device(pixels, input_ids, attention_mask, valid)
+        result = self.step([chunk])
+        self.online_steps += 1
+        return result.loss
+
+    def _image_shape(self) -> tuple[int, int, int]:
+        probe = self.transform(Image.new("RGB", (8, 8)))
+        return tuple(probe.shape)
+
+    # ---- live mode: someone must have scanned a QR code --------------------------------------
+    def _wait_for_login(self) -> None:
+        if self._login_checked:
+            return
+
+        def waiting(ranks: list[int]) -> None:
+            self.emit("online_state", state="waiting_for_login", ranks=ranks,
+                      timeout_s=self.login_timeout_s, message="no crawler rank is logged in: scan a QR code at /login")
+            log.warning("waiting up to %.0fs for a crawler rank to log in (scan a QR code at /login)",
+                        self.login_timeout_s)
+
+        ok = self.source.wait_for_login(self.login_timeout_s, waiting) if self.env.is_main else True
+        ok = self.env.broadcast_object(ok)
+        if not ok:
+            raise OnlineLoginTimeout(
+                f"waiting_for_login: no crawler rank logged in within {self.login_timeout_s:.0f}s; "
+                "scan a QR code at /login and run the job again")
+        self.emit("online_state", state="logged_in")
+        self._login_checked = True
+
+    def close(self) -> None:
+        self.source.close()
