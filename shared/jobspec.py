@@ -183,6 +183,8 @@ class TrainSpec(_Spec, TrainOptions):
         interrupted run from its own latest checkpoint (keeping data offset and optimizer)."""
         options = self._resolved(data_root)
         options.update(logs=str(Path(data_root) / "experiments"), name=self.run_name(job_id), job_id=job_id)
+        if options.get("online_cache_dir") is None:
+            options["online_cache_dir"] = str(Path(data_root) / "online_cache")
         if resume_override is not None:
             options.update(resume=str(resume_override), reset_data_offset=False, reset_optimizer=False)
         if events is not None:

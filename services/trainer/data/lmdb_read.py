@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import pickle
 from pathlib import Path
 from typing import Any, Callable
 
-import lmdb
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from services.trainer.data.lmdb_env import close_readonly, open_readonly  # noqa: F401 (re-exported)
 from services.trainer.tokenizer import DEFAULT_CONTEXT_LENGTH, tokenize
 
 Transform = Callable[[Image.Image], Any]
@@ -37,39 +36,6 @@ def parse_id(raw: bytes | str) -> int | str:
     """MUGE ids are integers; other ids stay strings."""
     text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     return int(text) if text.isdigit() else text
-
-
-_ENVS: dict[tuple[str, int, int], lmdb.Environment] = {}
-_ENVS_PID: int | None = None
-
-
-def open_readonly(path: str | Path) -> lmdb.Environment:
-    """A read-only, lock-free environment shared by every reader in this process.
-
-    LMDB allows one handle per file and process, and handles must not cross a fork: the cache
-    is per process, and keyed by the data file's identity so a rebuilt LMDB is reopened."""
-    global _ENVS_PID
-    if _ENVS_PID != os.getpid():
-        _ENVS.clear()  # a forked child: the parent's handles are not ours to use or close
-        _ENVS_PID = os.getpid()
-    real = os.path.realpath(path)
-    stat = os.stat(os.path.join(real, "data.mdb"))
-    key = (real, stat.st_ino, stat.st_mtime_ns)
-    env = _ENVS.get(key)
-    if env is None:
-        for stale in [k for k in _ENVS if k[0] == real]:
-            _ENVS.pop(stale).close()
-        env = lmdb.open(real, readonly=True, lock=False, readahead=False, meminit=False, create=False)
-        _ENVS[key] = env
-    return env
-
-
-def close_readonly(prefix: str | Path = "/") -> None:
-    """Close this process's shared handles of the environments under ``prefix`` (another
-    library, or a writer, may then open the same files)."""
-    root = os.path.realpath(prefix)
-    for key in [k for k in _ENVS if k[0] == root or k[0].startswith(root.rstrip("/") + "/")]:
-        _ENVS.pop(key).close()
 
 
 class LmdbSplit:

@@ -23,7 +23,8 @@ REQUEST_TTL_S = 3 * 3600
 
 def build_learner(options: Any, env: DistEnv, step: TrainStep, resolution: int, emit: Callable[..., None], *,
                   gallery: str | None, job_id: str, online_steps: int = 0,
-                  image_index: Callable[[int], int] = lambda pass_index: 0) -> OnlineLearner:
+                  image_index: Callable[[int], int] = lambda pass_index: 0,
+                  trace: Callable[[dict], None] | None = None) -> OnlineLearner:
     """``options`` carries the OnlineOptions fields (a TrainConfig or a PredictConfig)."""
     guard = None
     if options.online_dedupe_gallery and gallery:
@@ -38,4 +39,4 @@ def build_learner(options: Any, env: DistEnv, step: TrainStep, resolution: int, 
     return OnlineLearner(source=source, step=step, env=env, transform=image_transform(resolution),
                          emit=emit, seed=options.seed, images_per_query=options.online_images,
                          login_timeout_s=options.online_login_timeout_s, image_index=image_index,
-                         online_steps=online_steps)
+                         online_steps=online_steps, trace=trace)

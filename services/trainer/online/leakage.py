@@ -17,9 +17,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import imagehash
-import lmdb
 import numpy as np
 from PIL import Image
+
+from services.trainer.data.lmdb_env import open_readonly
 
 # 64-bit hashes (hash_size 8) do not separate small synthetic pictures: distinct 64 px products
 # came within 2 bits of each other. At 256 bits, measured on the synthetic set
@@ -74,19 +75,17 @@ class LeakageGuard:
         if not (path / "data.mdb").is_file():
             raise FileNotFoundError(f"no LMDB image database at {path}")
         hashes: list[np.ndarray] = []
-        env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, create=False)
-        try:
-            with env.begin(buffers=True) as txn:
-                for key, value in txn.cursor():
-                    if bytes(key) in _COUNT_KEYS:
-                        continue
-                    data = base64.b64decode(bytes(value).translate(_TO_STANDARD_ALPHABET))
-                    try:
-                        hashes.append(perceptual_hash(data))
-                    except (OSError, ValueError):
-                        continue
-        finally:
-            env.close()
+        # The process's shared handle: LMDB allows one per file, and the data loaders of the
+        # same run read this split too.
+        with open_readonly(path).begin(buffers=True) as txn:
+            for key, value in txn.cursor():
+                if bytes(key) in _COUNT_KEYS:
+                    continue
+                data = base64.b64decode(bytes(value).translate(_TO_STANDARD_ALPHABET))
+                try:
+                    hashes.append(perceptual_hash(data))
+                except (OSError, ValueError):
+                    continue
         return cls(hashes, threshold)
 
     def distances(self, image: Image.Image | bytes) -> np.ndarray:

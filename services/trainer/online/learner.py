@@ -16,6 +16,7 @@ test-time adaptation (prediction). It knows nothing of the mode: an image source
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import time
@@ -54,7 +55,7 @@ class OnlineLearner:
     def __init__(self, *, source: ImageSource, step: TrainStep, env: DistEnv, transform: Callable,
                  emit: Callable[..., None], seed: int, images_per_query: int,
                  login_timeout_s: float, image_index: Callable[[int], int] = lambda pass_index: 0,
-                 online_steps: int = 0):
+                 online_steps: int = 0, trace: Callable[[dict], None] | None = None):
         self.source = source
         self.step = step
         self.env = env
@@ -65,6 +66,7 @@ class OnlineLearner:
         self.login_timeout_s = login_timeout_s
         self.image_index = image_index
         self.online_steps = online_steps  # counted over the run, stored in checkpoints
+        self.trace = trace  # per-rank audit of every online batch (--trace-batches)
         self.pass_index = 0
         self.epoch: int | None = None
         self._totals: PassTotals | None = None
@@ -104,16 +106,18 @@ class OnlineLearner:
         fetched = self.source.take(list(first_row))
         wait_ms = round((time.perf_counter() - started) * 1000, 1)
         rows, images, missing, leaked = [], [], Counter(), 0
+        used = hashlib.sha256()  # which (query, picture) pairs this step learnt from, in order
         index = self.image_index(self.pass_index)
         for text, row in first_row.items():
             got = fetched.get(text) or Fetched(text, reason="failed")
             leaked += got.dropped_leaked
-            picture = self._picture(got, index)
+            picture, data = self._picture(got, index)
             if picture is None:
                 missing[got.reason or "failed"] += 1
                 continue
             rows.append(row)
             images.append(picture)
+            used.update(text.encode() + b"\0" + hashlib.sha256(data).digest())
         loss = self._step(images, input_ids[rows] if rows else input_ids[:0],
                           attention_mask[rows] if rows else attention_mask[:0])
         totals = self._totals
@@ -123,25 +127,29 @@ class OnlineLearner:
             totals.dropped_leaked += leaked
             totals.missing.update(missing)
             totals.steps += loss is not None
+        if self.trace is not None:
+            self.trace({"online_split": split, "pass_index": self.pass_index, "batch": batch_index,
+                        "rank": self.env.rank, "pairs": len(rows), "stepped": loss is not None,
+                        "online_step": self.online_steps})
         self.emit("online", split=split, batch=batch_index, pass_index=self.pass_index,
                   queries=len(first_row), pairs=len(rows), missing=dict(missing), dropped_leaked=leaked,
                   wait_ms=wait_ms, loss=loss, online_step=self.online_steps,
-                  image_index=index)
+                  image_index=index, pairs_sha256=used.hexdigest()[:16])
         return loss
 
-    def _picture(self, fetched: Fetched, index: int) -> torch.Tensor | None:
+    def _picture(self, fetched: Fetched, index: int) -> tuple[torch.Tensor | None, bytes]:
         """The crawled image number ``index`` (or, when fewer were crawled, the one that
-        number wraps to), ready for the model; None when there is none usable."""
+        number wraps to) ready for the model, with its bytes; None when there is none usable."""
         if not fetched.images:
-            return None
+            return None, b""
         data = fetched.images[index % len(fetched.images)]
         try:
             with Image.open(io.BytesIO(data)) as image:
-                return self.transform(image.convert("RGB"))
+                return self.transform(image.convert("RGB")), data
         except (OSError, ValueError) as exc:  # validated already; a decoder may still refuse
             log.warning("crawled image of %r could not be decoded: %s", fetched.query, exc)
             fetched.reason = "failed"
-            return None
+            return None, b""
 
     def _step(self, images: list[torch.Tensor], input_ids: torch.Tensor,
               attention_mask: torch.Tensor) -> float | None:

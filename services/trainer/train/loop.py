@@ -197,7 +197,8 @@ class Trainer:
         return build_learner(
             config, self.env, self.step_unit, image_resolution(config.vision_model), self.sink.emit,
             gallery=config.val_data, job_id=config.job_id or config.name,
-            online_steps=int((checkpoint or {}).get("online_steps") or 0) if not config.reset_data_offset else 0)
+            online_steps=int((checkpoint or {}).get("online_steps") or 0) if not config.reset_data_offset else 0,
+            trace=self._trace_online)
 
     def _seed_everything(self, seed: int) -> None:
         random.seed(seed)
@@ -444,6 +445,11 @@ class Trainer:
         if self._trace is not None:
             ids = [int(t) for b in chunk for t in b.text_ids]
             self._trace.write(json.dumps({"step": self.step + 1, "rank": self.env.rank, "text_ids": ids}) + "\n")
+            self._trace.flush()
+
+    def _trace_online(self, record: dict) -> None:
+        if self._trace is not None:
+            self._trace.write(json.dumps({"step": self.step, **record}) + "\n")
             self._trace.flush()
 
     def close(self) -> None:
