@@ -7,6 +7,7 @@ import gc
 import io
 import json
 import pickle
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -286,7 +287,7 @@ def with_thumbnail(jpeg: bytes) -> bytes:
 
 def tail(size: int, seed: int) -> bytes:
     """Bytes as a motion photo's video or appended metadata: random, with end markers inside."""
-    rng = __import__("random").Random(seed)
+    rng = random.Random(seed)
     data = bytearray(rng.getrandbits(8) for _ in range(size))
     for at in range(0, size - 1, 300):
         data[at:at + 2] = b"\xff\xd9"
