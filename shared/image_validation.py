@@ -151,7 +151,10 @@ def _open_checked(data: bytes, rules: ImageRules) -> tuple[Image.Image, int]:
         )
     if min(width, height) < rules.min_side:
         raise InvalidImage(f"too small: {width}x{height}, shorter side < {rules.min_side} px")
-    trailing = trailing_bytes(data)
+    try:
+        trailing = trailing_bytes(data)
+    except InvalidImage as exc:  # worded as the decoder's own failures are
+        raise InvalidImage(f"corrupt image: {exc.reason}") from exc
     try:
         header.verify()
     except Exception as exc:  # Pillow raises many types for broken structure
