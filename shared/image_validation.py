@@ -6,10 +6,16 @@ full ``load`` catches truncation, and ``draft`` lets large JPEGs decode at reduc
 
 Every rejection raises :class:`InvalidImage` whose ``reason`` is one short, human-readable
 sentence (it ends up in failure logs next to the URL).
+
+Bytes after a JPEG's or PNG's own data (a motion photo's video, padding, appended metadata) are
+no fault: decoders ignore them and Chinese-CLIP keeps such files. :func:`trailing_bytes` finds
+where the image's data ends, so a file cut short (no end marker) is told apart from one with a
+tail; the LMDB build applies the same function, so both sides accept the same files.
 """
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -44,6 +50,74 @@ class ImageInfo:
     format: str
     width: int
     height: int
+    trailing_bytes: int = 0  # bytes after the image's end marker (information, not a fault)
+
+
+# Signature -> (format, the bytes that end a complete file of it). A PNG ends with its IEND
+# chunk, which is always the same 12 bytes (empty data, fixed CRC).
+END_MARKERS = {
+    b"\xff\xd8\xff": ("JPEG", b"\xff\xd9"),
+    b"\x89PNG\r\n\x1a\n": ("PNG", b"\x00\x00\x00\x00IEND\xaeB`\x82"),
+}
+# A JPEG marker: 0xFF, optional fill bytes 0xFF, then a code other than 0x00 (0xFF00 is a
+# stuffed 0xFF inside entropy-coded data, not a marker).
+_JPEG_MARKER = re.compile(rb"\xff+([^\x00\xff])")
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RSTn, SOI: no length field
+
+
+def end_marker_format(head: bytes) -> tuple[str, bytes] | None:
+    """(format, end bytes) of a JPEG or PNG from its first bytes; None for other formats."""
+    for signature, found in END_MARKERS.items():
+        if head.startswith(signature):
+            return found
+    return None
+
+
+def _jpeg_end(data: bytes) -> int | None:
+    # Walk the segments by their lengths (so a thumbnail's end marker inside an APPn segment is
+    # skipped) and the entropy-coded data marker by marker, up to the first EOI. Pillow does not
+    # tell where the data it decoded ends, hence this walk.
+    position = 2
+    while (match := _JPEG_MARKER.search(data, position)) is not None:
+        code, position = match.group(1)[0], match.end()
+        if code == 0xD9:
+            return position
+        if code not in _JPEG_STANDALONE:
+            position += int.from_bytes(data[position:position + 2], "big")
+    return None
+
+
+def _png_end(data: bytes) -> int | None:
+    # Chunks: 4-byte length, 4-byte type, data, 4-byte CRC; IEND is the last one.
+    position = 8
+    while position + 8 <= len(data):
+        length = int.from_bytes(data[position:position + 4], "big")
+        kind = data[position + 4:position + 8]
+        position += 12 + length
+        if kind == b"IEND":
+            return position if position <= len(data) else None
+    return None
+
+
+def trailing_bytes(data: bytes) -> int:
+    """How many bytes follow the end of a JPEG's or PNG's own data (its EOI marker or IEND
+    chunk); 0 for other formats, whose decoder alone judges them. Raises :class:`InvalidImage`
+    when a JPEG or PNG has no end (a cut-short download). A file that ends with its end marker
+    is taken as ending there without walking it (what nearly every file does)."""
+    found = end_marker_format(data[:8])
+    if found is None:
+        return 0
+    kind, end = found
+    if data.endswith(end):
+        return 0
+    position = _jpeg_end(data) if kind == "JPEG" else _png_end(data)
+    if position is None:
+        raise InvalidImage(missing_end_reason(kind))
+    return len(data) - position
+
+
+def missing_end_reason(kind: str) -> str:
+    return "JPEG without end marker (truncated?)" if kind == "JPEG" else "PNG without IEND chunk (truncated?)"
 
 
 def _preview(data: bytes) -> str:
@@ -53,14 +127,16 @@ def _preview(data: bytes) -> str:
 
 def inspect_image(data: bytes, rules: ImageRules = ImageRules()) -> ImageInfo:
     """Validate ``data`` without keeping the decoded pixels. Raises :class:`InvalidImage`."""
-    image = _open_checked(data, rules)
-    return ImageInfo(format=image.format or "", width=image.width, height=image.height)
+    image, trailing = _open_checked(data, rules)
+    return ImageInfo(format=image.format or "", width=image.width, height=image.height,
+                     trailing_bytes=trailing)
 
 
-def _open_checked(data: bytes, rules: ImageRules) -> Image.Image:
-    """Open, check header facts (format, size, pixel count), verify structure, then open a
-    fresh copy for decoding (``verify`` leaves the image unusable) and decode it fully so a
-    truncated file is caught here and not later."""
+def _open_checked(data: bytes, rules: ImageRules) -> tuple[Image.Image, int]:
+    """Open, check header facts (format, size, pixel count), find the end of a JPEG's or PNG's
+    data, verify structure, then open a fresh copy for decoding (``verify`` leaves the image
+    unusable) and decode it fully so a truncated file is caught here and not later. Returns the
+    decoded image and the count of bytes after its end marker."""
     if not data:
         raise InvalidImage("empty body")
     if len(data) > rules.max_bytes:
@@ -76,6 +152,10 @@ def _open_checked(data: bytes, rules: ImageRules) -> Image.Image:
     if min(width, height) < rules.min_side:
         raise InvalidImage(f"too small: {width}x{height}, shorter side < {rules.min_side} px")
     try:
+        trailing = trailing_bytes(data)
+    except InvalidImage as exc:  # worded as the decoder's own failures are
+        raise InvalidImage(f"corrupt image: {exc.reason}") from exc
+    try:
         header.verify()
     except Exception as exc:  # Pillow raises many types for broken structure
         raise InvalidImage(f"corrupt image: {exc}") from exc
@@ -89,7 +169,7 @@ def _open_checked(data: bytes, rules: ImageRules) -> Image.Image:
         image.load()
     except Exception as exc:
         raise InvalidImage(f"corrupt image: {exc}") from exc
-    return image
+    return image, trailing
 
 
 def _open_header(data: bytes) -> Image.Image:
@@ -119,7 +199,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 def prepare_image(data: bytes, rules: ImageRules = ImageRules()) -> bytes:
     """Validate, convert to RGB, resize so the shorter side is ``rules.target_short_side``
     and re-encode as JPEG. Raises :class:`InvalidImage` with the reason on bad input."""
-    image = _to_rgb(_open_checked(data, rules))
+    image = _to_rgb(_open_checked(data, rules)[0])
     target = rules.target_short_side
     if target:
         width, height = image.size

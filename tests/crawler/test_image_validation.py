@@ -13,6 +13,7 @@ from shared.image_validation import (
     check_prepared,
     inspect_image,
     prepare_image,
+    trailing_bytes,
 )
 
 
@@ -77,6 +78,34 @@ def test_truncated_jpeg_is_refused():
     with pytest.raises(InvalidImage) as info:
         prepare_image(data[: len(data) // 2])
     assert "corrupt" in info.value.reason or "truncated" in info.value.reason
+
+
+@pytest.mark.parametrize("fmt, extra", [
+    ("JPEG", b"\x00ftypmp42" + b"\xff\xd9\x12" * 300),  # a motion photo's video, end markers inside
+    ("JPEG", bytes(64)),                                # padding
+    ("PNG", b"appended metadata " * 3),
+])
+def test_bytes_after_the_end_marker_are_information_not_a_fault(fmt, extra):
+    clean = encode(photo(400, 300), fmt)
+    info = inspect_image(clean + extra)
+    assert (info.format, info.trailing_bytes) == (fmt, len(extra))
+    assert inspect_image(clean).trailing_bytes == 0
+    # The image is the same with or without its tail.
+    assert prepare_image(clean + extra) == prepare_image(clean)
+
+
+def test_trailing_bytes_finds_the_main_image_end_and_refuses_a_missing_one():
+    jpeg = encode(photo(400, 300))
+    thumbnail = encode(photo(16, 16))
+    # A thumbnail (with its own end marker) inside an APP15 segment is skipped over.
+    with_thumbnail = jpeg[:2] + b"\xff\xef" + (len(thumbnail) + 2).to_bytes(2, "big") + thumbnail + jpeg[2:]
+    assert trailing_bytes(with_thumbnail + b"tail") == 4
+    with pytest.raises(InvalidImage, match="JPEG without end marker"):
+        trailing_bytes(with_thumbnail[: len(with_thumbnail) // 2])
+    with pytest.raises(InvalidImage, match="PNG without IEND"):
+        trailing_bytes(encode(photo(100, 100), "PNG")[:-12])
+    # Other formats are left to their decoder.
+    assert trailing_bytes(encode(photo(100, 100), "GIF") + b"junk") == 0
 
 
 def test_decompression_bomb_is_refused_before_decoding():

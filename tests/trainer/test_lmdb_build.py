@@ -7,6 +7,7 @@ import gc
 import io
 import json
 import pickle
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -263,6 +264,107 @@ def test_missing_files_and_bad_arguments_are_clear_errors(tmp_path):
         build_lmdb(tmp_path, "train", on_error="ignore")
     with pytest.raises(ValueError, match="no split"):
         build_lmdb(tmp_path, " , ")
+
+
+# ---------------------------------------------------------------- bytes after the end marker
+
+def photo_bytes(fmt: str = "JPEG", size=(400, 300)) -> bytes:
+    image = Image.new("RGB", size)
+    for x in range(0, size[0], 20):
+        for y in range(0, size[1], 20):
+            image.paste(((x * 3) % 256, (y * 5) % 256, (x + y) % 256), (x, y, x + 20, y + 20))
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def with_thumbnail(jpeg: bytes) -> bytes:
+    """The JPEG with a small JPEG (end marker included) inside an APP15 segment after SOI, as
+    an EXIF thumbnail sits in APP1."""
+    thumbnail = photo_bytes(size=(16, 16))
+    return jpeg[:2] + b"\xff\xef" + (len(thumbnail) + 2).to_bytes(2, "big") + thumbnail + jpeg[2:]
+
+
+def tail(size: int, seed: int) -> bytes:
+    """Bytes as a motion photo's video or appended metadata: random, with end markers inside."""
+    rng = random.Random(seed)
+    data = bytearray(rng.getrandbits(8) for _ in range(size))
+    for at in range(0, size - 1, 300):
+        data[at:at + 2] = b"\xff\xd9"
+    return bytes(data)
+
+
+JPEG, PNG = photo_bytes(), photo_bytes("PNG")
+# name -> (bytes, trailing byte count when complete, or None when cut short)
+TRAILING_CASES = {
+    "jpeg": (JPEG, 0),
+    "jpeg+64": (JPEG + tail(64, 1), 64),
+    "jpeg+700": (JPEG + tail(700, 2), 700),
+    "jpeg+5000": (JPEG + tail(5000, 3), 5000),
+    "jpeg+zero padding": (JPEG + bytes(4096), 4096),
+    "jpeg with thumbnail+900": (with_thumbnail(JPEG) + tail(900, 4), 900),
+    "png": (PNG, 0),
+    "png+48": (PNG + tail(48, 5), 48),
+    "png+5000": (PNG + tail(5000, 6), 5000),
+    "jpeg cut in half": (JPEG[: len(JPEG) // 2], None),
+    "jpeg without EOI": (JPEG[:-2], None),
+    "jpeg with thumbnail cut short": (with_thumbnail(JPEG)[: len(JPEG) // 2 + 600], None),
+    "png cut short": (PNG[:-100], None),
+    "png without IEND": (PNG[:-12], None),
+}
+
+
+@pytest.mark.parametrize("name", list(TRAILING_CASES))
+def test_lmdb_checks_and_image_validation_agree_on_tails_and_truncation(name):
+    from services.trainer.data.lmdb_build import check_image_line
+    from shared.image_validation import InvalidImage, inspect_image
+
+    data, expected = TRAILING_CASES[name]
+    for verify in ("structure", "decode"):
+        verdict = check_image_line(base64.b64encode(data), verify)
+        if expected is None:
+            assert verdict.problem is not None and verdict.problem[0] == "undecodable_image", verify
+            assert "truncated" in verdict.problem[1]
+        else:
+            assert verdict.problem is None, (verify, verdict)
+            assert verdict.trailing_bytes == expected
+    # The crawler's and the cache's validation accept and refuse the same files.
+    if expected is None:
+        with pytest.raises(InvalidImage, match="truncated"):
+            inspect_image(data)
+    else:
+        assert inspect_image(data).trailing_bytes == expected
+
+
+def test_images_with_trailing_bytes_are_kept_byte_identical_to_cn_clip_build(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    complete = {name: case for name, case in TRAILING_CASES.items() if case[1] is not None}
+    ids = {name: 100 + index for index, name in enumerate(complete)}
+    # Both base64 alphabets, as MUGE files have both.
+    encoders = (base64.urlsafe_b64encode, base64.b64encode)
+    (data / "train_imgs.tsv").write_text("".join(
+        f"{ids[name]}\t{encoders[ids[name] % 2](raw).decode()}\n" for name, (raw, _) in complete.items()))
+    (data / "train_texts.jsonl").write_text("".join(
+        json.dumps({"text_id": ids[name], "text": f"商品 {name}", "image_ids": [ids[name]]}, ensure_ascii=False)
+        + "\n" for name in complete))
+    theirs = tmp_path / "theirs"
+    run_cn_clip_build(data, "train", theirs)
+    for verify in ("structure", "decode"):
+        out = tmp_path / f"ours-{verify}"
+        report = build_lmdb(data, "train", out, verify=verify)
+        assert report.ok, report.summary()
+        split = report.splits["train"]
+        assert split.images_written == len(complete) and split.pairs_written == len(complete)
+        for part in ("imgs", "pairs"):
+            assert dump_env(out / "train" / part) == dump_env(theirs / "train" / part), (verify, part)
+        # Each tail is a note with its size, not a problem.
+        expected_notes = sorted((index + 1, f"{count} bytes") for index, (_, count) in enumerate(complete.values())
+                                if count)
+        assert sorted((n.line, n.message.split(": ")[1].split(" after")[0]) for n in split.notes) == expected_notes
+        assert {n.kind for n in split.notes} == {"trailing_bytes"}
+        assert report.to_dict()["splits"]["train"]["note_counts"] == {"trailing_bytes": len(expected_notes)}
+        assert "note: " in report.summary() and "truncated" not in report.summary()
 
 
 # ---------------------------------------------------------------- command line

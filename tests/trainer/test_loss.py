@@ -72,18 +72,48 @@ def test_dsl_reweights_by_the_prior_along_the_other_axis():
                 prior = math.exp(mat[i, j] / tau) / column.exp().sum()
                 weighted[i, j] = mat[i, j] * prior * n
         expected += sum(-weighted[i, i] + torch.logsumexp(weighted[i], 0) for i in range(n)) / n
-    assert torch.allclose(out.loss, torch.as_tensor(expected / 2), atol=1e-4)
+    # The two directions are summed (the prototype's scale), not averaged.
+    assert torch.allclose(out.loss, torch.as_tensor(expected), atol=1e-4)
     # The accuracies are those of the raw logits, not of the reweighted ones.
     assert torch.equal(out.logits_per_image, logits) or torch.allclose(out.logits_per_image, logits, atol=1e-6)
 
 
-def test_dsl_with_a_large_temperature_tends_to_clip():
+def _prototype_dsl(image, text, scale, tau):
+    """The prototype's dual-softmax loss written out with plain tensor ops in float64:
+    prior = exp(L / tau) normalised over each column, L' = L * prior * N, and the
+    cross-entropies of both directions added."""
+    image = image.double() / image.double().norm(dim=-1, keepdim=True)
+    text = text.double() / text.double().norm(dim=-1, keepdim=True)
+    logits = scale * image @ text.t()
+    n = logits.shape[0]
+
+    def direction(mat):
+        prior = torch.exp(mat / tau) / torch.exp(mat / tau).sum(dim=0, keepdim=True)
+        weighted = mat * prior * n
+        log_probs = weighted - torch.log(torch.exp(weighted).sum(dim=1, keepdim=True))
+        return -log_probs.diagonal().mean()
+
+    return direction(logits) + direction(logits.t())
+
+
+@pytest.mark.parametrize("scale, tau, seed", [(100.0, 1000.0, 1), (14.3, 1000.0, 2), (30.0, 2.0, 3)])
+def test_dsl_equals_the_prototypes_formula(scale, tau, seed):
+    image, text = _features(n=8, dim=16, seed=seed)
+    out = contrastive_loss(image, text, torch.tensor(scale), kind="dsl", dsl_temperature=tau)
+    expected = _prototype_dsl(image, text, scale, tau)
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-5)
+    # Not the average of the two directions: that would be half of the prototype's value.
+    assert out.loss.item() != pytest.approx(expected.item() / 2, rel=1e-3)
+
+
+def test_dsl_with_a_large_temperature_tends_to_twice_clip():
     image, text = _features()
     clip = contrastive_loss(image, text, torch.tensor(10.0), kind="clip").loss
     dsl = contrastive_loss(image, text, torch.tensor(10.0), kind="dsl", dsl_temperature=1e6).loss
     sharp = contrastive_loss(image, text, torch.tensor(10.0), kind="dsl", dsl_temperature=0.5).loss
-    assert torch.allclose(clip, dsl, atol=1e-4)
-    assert not torch.allclose(clip, sharp, atol=1e-3)
+    # clip averages the two directions, dsl sums them as the prototype does.
+    assert torch.allclose(2 * clip, dsl, atol=1e-4)
+    assert not torch.allclose(2 * clip, sharp, atol=1e-3)
 
 
 def test_bad_arguments_are_refused():

@@ -9,7 +9,8 @@ Layout of ``{out_dir}/{split}``:
 
 Unlike a plain copy, every line is checked (strict base64; the image's signature and end
 marker, or a full decode; JSON fields and types; duplicate ids; texts pointing to images the
-split lacks). A bad line is reported with its file and line
+split lacks). Bytes after an image's end marker are reported as a note and the image is kept
+as it stands, as Chinese-CLIP keeps it. A bad line is reported with its file and line
 number and either skipped (``on_error="skip"``) or, with ``on_error="fail"``, the whole build
 fails after all problems have been collected, leaving any earlier LMDB untouched. A split is
 written to a temporary folder and moved into place only when it is complete.
@@ -36,6 +37,8 @@ from typing import Any, Callable, Iterable, Iterator, Literal
 import lmdb
 from PIL import Image
 
+from shared.image_validation import InvalidImage, end_marker_format, trailing_bytes
+
 OnError = Literal["skip", "fail"]
 # "structure": strict base64 everywhere plus the image's signature and end marker (cheap; what
 # real broken files fail: cut-short downloads, HTML error pages); "decode": that, and every
@@ -47,7 +50,6 @@ _TO_STANDARD_ALPHABET = bytes.maketrans(b"-_", b"+/")
 _BASE64_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_="
 _HEAD_CHARS = 64  # base64 characters decoded to read a signature (48 bytes)
 _TAIL_CHARS = 64
-_TRAILING_SLACK = 32  # some encoders leave a few bytes after a JPEG's end marker
 
 
 @dataclass
@@ -74,6 +76,8 @@ class SplitReport:
     blank_lines: int = 0
     seconds: float = 0.0
     problems: list[Problem] = field(default_factory=list)
+    # Information, not problems: images kept with bytes after their end marker.
+    notes: list[Problem] = field(default_factory=list)
 
     @property
     def images_skipped(self) -> int:
@@ -105,6 +109,7 @@ class BuildReport:
             entry["images_skipped"] = report.images_skipped
             entry["texts_skipped"] = report.texts_skipped
             entry["problem_counts"] = _count_kinds(report.problems)
+            entry["note_counts"] = _count_kinds(report.notes)
             splits[name] = entry
         return {
             "on_error": self.on_error,
@@ -119,10 +124,11 @@ class BuildReport:
         for name, r in self.splits.items():
             lines.append(
                 f"{name}: {r.images_written}/{r.image_lines} images, {r.texts_written}/{r.text_lines} texts, "
-                f"{r.pairs_written} pairs, {len(r.problems)} problems, {r.blank_lines} blank lines "
-                f"-> {r.lmdb_dir}"
+                f"{r.pairs_written} pairs, {len(r.problems)} problems, {len(r.notes)} notes, "
+                f"{r.blank_lines} blank lines -> {r.lmdb_dir}"
             )
             lines.extend(f"  {problem}" for problem in r.problems)
+            lines.extend(f"  note: {note}" for note in r.notes)
         if self.failed:
             lines.append("build failed: nothing was written (on_error=fail)")
         return "\n".join(lines)
@@ -185,35 +191,57 @@ def check_image(data: bytes) -> str | None:
     return None
 
 
-def _structure_problem(b64: bytes) -> str | None | Literal[False]:
-    """For base64 that passed ``base64_problem``: checks the start and end of a JPEG or PNG without decoding it: the signature must be
-    there and so must the end marker (FFD9 / IEND), which a cut-short file lacks. Returns
-    False for other formats, which then get a full decode."""
+@dataclass(frozen=True)
+class ImageVerdict:
+    """What checking one image line found."""
+
+    problem: tuple[str, str] | None = None  # (kind, reason) when the image is unusable
+    trailing_bytes: int = 0  # bytes after the image's end marker: kept, reported as a note
+
+
+IMAGE_OK = ImageVerdict()
+
+
+def _structure_verdict(b64: bytes) -> ImageVerdict | None:
+    """For base64 that passed ``base64_problem``: checks a JPEG or PNG by its signature and its
+    end. Nearly every file ends with its end marker (FFD9 / the IEND chunk), which decoding the
+    two ends of the base64 shows; any other is decoded whole and walked to where its image data
+    ends (shared.image_validation.trailing_bytes): no end there means cut short, bytes after it
+    are a tail to keep. Returns None for other formats, which then get a full decode."""
     # The alphabet and length are already checked: binascii decodes the two ends directly.
     head = binascii.a2b_base64(b64[:_HEAD_CHARS].translate(_TO_STANDARD_ALPHABET))
+    found = end_marker_format(head)
+    if found is None:
+        return None
     tail = (binascii.a2b_base64(b64[-_TAIL_CHARS:].translate(_TO_STANDARD_ALPHABET))
             if len(b64) > _HEAD_CHARS else head)
-    if head.startswith(b"\xff\xd8\xff"):
-        return None if b"\xff\xd9" in tail[-_TRAILING_SLACK:] else "JPEG without end marker (truncated?)"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return None if b"IEND" in tail else "PNG without IEND chunk (truncated?)"
-    return False
+    if tail.endswith(found[1]):
+        return IMAGE_OK
+    try:
+        return ImageVerdict(trailing_bytes=trailing_bytes(decode_base64(b64)))
+    except InvalidImage as exc:
+        return ImageVerdict(problem=("undecodable_image", exc.reason))
+
+
+def check_image_line(b64: bytes, verify: Verify = "structure") -> ImageVerdict:
+    """The verdict on the base64 field of a TSV line: usable or not, and any trailing bytes."""
+    reason = base64_problem(b64)
+    if reason is not None:
+        return ImageVerdict(problem=("bad_base64", reason))
+    if not b64:
+        return ImageVerdict(problem=("bad_base64", "empty image"))
+    verdict = _structure_verdict(b64)
+    if verdict is not None and (verdict.problem is not None or verify == "structure"):
+        return verdict
+    reason = check_image(decode_base64(b64))
+    if reason is not None:
+        return ImageVerdict(problem=("undecodable_image", reason))
+    return verdict or IMAGE_OK
 
 
 def image_line_problem(b64: bytes, verify: Verify = "structure") -> tuple[str, str] | None:
     """(kind, reason) when the base64 field of a TSV line does not hold a usable image."""
-    reason = base64_problem(b64)
-    if reason is not None:
-        return "bad_base64", reason
-    if not b64:
-        return "bad_base64", "empty image"
-    verdict = _structure_problem(b64)
-    if isinstance(verdict, str):
-        return "undecodable_image", verdict
-    if verdict is None and verify == "structure":
-        return None
-    reason = check_image(decode_base64(b64))
-    return None if reason is None else ("undecodable_image", reason)
+    return check_image_line(b64, verify).problem
 
 
 # ---------------------------------------------------------------- writing
@@ -292,11 +320,11 @@ def _numbered_chunks(path: Path, size: int = 512) -> Iterator[list[tuple[int, by
         yield chunk
 
 
-CheckMany = Callable[[list[bytes]], Iterable["tuple[str, str] | None"]]
+CheckMany = Callable[[list[bytes]], Iterable[ImageVerdict]]
 
 
 def _write_images(path: Path, writer: _Writer | None, report: SplitReport,
-                  check_many: CheckMany, problem) -> set[str]:
+                  check_many: CheckMany, problem, note) -> set[str]:
     """Checks and writes the images of a TSV; returns the ids written."""
     written: set[str] = set()
     for chunk in _numbered_chunks(path):
@@ -324,12 +352,15 @@ def _write_images(path: Path, writer: _Writer | None, report: SplitReport,
             except UnicodeDecodeError:
                 problem(path, number, "malformed_line", "image id is not UTF-8")
                 continue
-            if verdict is not None:
-                problem(path, number, verdict[0], f"image {image_id}: {verdict[1]}")
+            if verdict.problem is not None:
+                problem(path, number, verdict.problem[0], f"image {image_id}: {verdict.problem[1]}")
                 continue
             if image_id in written:
                 problem(path, number, "duplicate_image_id", f"image {image_id} appeared on an earlier line")
                 continue
+            if verdict.trailing_bytes:
+                note(path, number, "trailing_bytes",
+                     f"image {image_id}: {verdict.trailing_bytes} bytes after its end marker, kept as they are")
             written.add(image_id)
             items.append((raw_id, b64))
             size += len(b64)
@@ -415,10 +446,13 @@ def _process_split(data_dir: Path, split: str, final_dir: Path, work_dir: Path |
     def problem(path: Path, line: int, kind: str, message: str) -> None:
         report.problems.append(Problem(split, str(path), line, kind, message))
 
+    def note(path: Path, line: int, kind: str, message: str) -> None:
+        report.notes.append(Problem(split, str(path), line, kind, message))
+
     images_writer = _Writer(work_dir / "imgs") if work_dir is not None else None
     pairs_writer = _Writer(work_dir / "pairs") if work_dir is not None else None
     try:
-        image_ids = _write_images(images_path, images_writer, report, check_many, problem)
+        image_ids = _write_images(images_path, images_writer, report, check_many, problem, note)
         if stop_writing_on_problem and report.problems and images_writer and pairs_writer:
             # The split will be discarded: keep checking for the report, stop writing.
             images_writer.close(commit=False)
@@ -480,11 +514,11 @@ def build_lmdb(
     work_dirs: dict[str, Path] = {}
     try:
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            def check_many(fields: list[bytes]) -> Iterable[tuple[str, str] | None]:
+            def check_many(fields: list[bytes]) -> Iterable[ImageVerdict]:
                 if verify == "decode" and threads > 1:
                     # Pillow releases the GIL while decoding, so threads overlap the decodes.
-                    return pool.map(lambda b64: image_line_problem(b64, "decode"), fields)
-                return [image_line_problem(b64, verify) for b64 in fields]
+                    return pool.map(lambda b64: check_image_line(b64, "decode"), fields)
+                return [check_image_line(b64, verify) for b64 in fields]
 
             for name in names:
                 # Once a failing build has a problem, the rest is only checked, not written.

@@ -15,10 +15,12 @@ logit scale multiplier ``exp(model.logit_scale)``, row ``i`` of ``I`` paired wit
     Dual softmax: each direction's logits are reweighted by a prior computed along the other
     axis before the cross-entropy,
     ``L_i2t = L * softmax(L / tau, dim=0) * N`` and ``L_t2i = L.T * softmax(L.T / tau, dim=0) * N``,
-    loss ``(CE(L_i2t, arange) + CE(L_t2i, arange)) / 2``, where ``N`` is the global batch size
-    and ``tau`` the DSL temperature. The factor ``N`` makes a uniform prior the identity, so a
-    large ``tau`` (the prototype used 1000) tends to the ``clip`` loss and a small one sharpens
-    the prior. The prior is not detached (as in the prototype).
+    loss ``CE(L_i2t, arange) + CE(L_t2i, arange)``, where ``N`` is the global batch size and
+    ``tau`` the DSL temperature. The two directions are summed, not averaged, as the prototype
+    does: its logged losses stay comparable and, with AdamW's epsilon, the optimisation is the
+    same. The factor ``N`` makes a uniform prior the identity, so a large ``tau`` (the prototype
+    used 1000) tends to twice the ``clip`` loss and a small one sharpens the prior. The prior is
+    not detached (as in the prototype).
 """
 from __future__ import annotations
 
@@ -128,8 +130,8 @@ def contrastive_loss(
     if kind == "dsl":
         i2t = dual_softmax_logits(logits_per_image, dsl_temperature)
         t2i = dual_softmax_logits(logits_per_text, dsl_temperature)
+        loss = F.cross_entropy(i2t, target) + F.cross_entropy(t2i, target)  # the prototype's sum
     else:
-        i2t, t2i = logits_per_image, logits_per_text
-    loss = (F.cross_entropy(i2t, target) + F.cross_entropy(t2i, target)) / 2
+        loss = (F.cross_entropy(logits_per_image, target) + F.cross_entropy(logits_per_text, target)) / 2
     img2txt, txt2img = batch_accuracies(logits_per_image)
     return LossOutput(loss, logits_per_image, img2txt, txt2img)
