@@ -18,7 +18,11 @@ from contextlib import contextmanager
 from typing import Literal
 
 import redis
-from selenium.common.exceptions import WebDriverException
+from selenium.common.exceptions import (
+    NoSuchFrameException,
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.common.by import By
 
 from services.crawler.browser import BrowserSession
@@ -130,6 +134,7 @@ class QrLogin:
         self.poll_s = poll_s
         self._qr_source: str | None = None
         self._qr_taken_at = 0.0
+        self._qr_missing_since: float | None = None
         self._cookies_loaded_mtime: float | None = None
 
     # ---- page classification ------------------------------------------------------------
@@ -248,6 +253,11 @@ class QrLogin:
             time.sleep(0.05)
         log.warning("the QR code was not drawn within %.1fs", self.profile.login.qr_render_timeout_s)
 
+    def _still_on_login_wall(self) -> bool:
+        driver = self.session.driver
+        driver.switch_to.default_content()
+        return self.on_login_wall()
+
     def _qr_fingerprint(self, element) -> str:
         # A canvas keeps its markup when redrawn with a new code: compare its pixels too.
         return str(self.session.driver.execute_script(
@@ -259,6 +269,8 @@ class QrLogin:
         """Screenshot the QR element and publish it as ``waiting_for_scan``."""
         with self._in_login_frame():
             element = self._qr_element(wait_s=self.profile.login.qr_render_timeout_s)
+            if element is None and not self._still_on_login_wall():
+                return False  # the page moved on (e.g. the login completed) meanwhile
             if element is None:
                 self.publisher.publish("error", "login page shows no QR code (check the profile's "
                                        "login.qr_element selector)", drop_qr=True)
@@ -295,6 +307,15 @@ class QrLogin:
     # ---- the loop -----------------------------------------------------------------------
     def poll(self) -> LoginStateName:
         """One look at the login page: notices success, expiry or a changed code."""
+        try:
+            return self._poll_once()
+        except (StaleElementReferenceException, NoSuchFrameException) as exc:
+            # The page (or the login frame) moved on between two looks: look again next time.
+            log.debug("login page changed while polling: %s", type(exc).__name__)
+            self.session.driver.switch_to.default_content()
+            return "waiting_for_scan"
+
+    def _poll_once(self) -> LoginStateName:
         if not self.on_login_wall():
             if self.has_login_cookie():
                 self.logged_in()
@@ -311,8 +332,15 @@ class QrLogin:
         if too_old:
             self.session.driver.refresh()
             self.publish_qr()
+        elif element is None and self._qr_missing_since is None:
+            # Perhaps a page passing by (the login completing): look again next time.
+            self._qr_missing_since = time.monotonic()
+        elif element is None and time.monotonic() - self._qr_missing_since < 2.0:
+            pass
         elif element is None or source != self._qr_source:
             self.publish_qr()
+        if element is not None or too_old:
+            self._qr_missing_since = None
         return "waiting_for_scan"
 
     def logged_in(self) -> None:
