@@ -8,6 +8,8 @@ than the profile's ``qr_max_age_s``. Once the page moves on, the session's cooki
 """
 from __future__ import annotations
 
+import base64
+import io
 import json
 import logging
 import os
@@ -18,7 +20,9 @@ from contextlib import contextmanager
 from typing import Literal
 
 import redis
+from PIL import Image
 from selenium.common.exceptions import (
+    NoSuchElementException,
     NoSuchFrameException,
     StaleElementReferenceException,
     WebDriverException,
@@ -253,6 +257,22 @@ class QrLogin:
             time.sleep(0.05)
         log.warning("the QR code was not drawn within %.1fs", self.profile.login.qr_render_timeout_s)
 
+    def _canvas_png(self, element) -> bytes | None:
+        """A canvas QR's own pixels, on white with a margin: exact even inside an iframe, where
+        element screenshots can be cut off. None for an <img> or an unreadable canvas."""
+        data_url = self.session.driver.execute_script(
+            "const e = arguments[0]; const c = e.tagName === 'CANVAS' ? e : e.querySelector('canvas');"
+            "try { return c ? c.toDataURL('image/png') : null; } catch (err) { return null; }", element)
+        if not data_url or not str(data_url).startswith("data:image/png;base64,"):
+            return None
+        drawn = Image.open(io.BytesIO(base64.b64decode(str(data_url).split(",", 1)[1]))).convert("RGBA")
+        margin = max(8, drawn.width // 10)
+        page = Image.new("RGB", (drawn.width + 2 * margin, drawn.height + 2 * margin), "white")
+        page.paste(drawn, (margin, margin), drawn)
+        out = io.BytesIO()
+        page.save(out, "PNG")
+        return out.getvalue()
+
     def _still_on_login_wall(self) -> bool:
         driver = self.session.driver
         driver.switch_to.default_content()
@@ -278,7 +298,7 @@ class QrLogin:
             self._wait_qr_rendered(element)
             self.session.driver.execute_script(
                 "arguments[0].scrollIntoView({block: 'center'});", element)
-            png = element.screenshot_as_png
+            png = self._canvas_png(element) or element.screenshot_as_png
             self._qr_source = self._qr_fingerprint(element)
             self._qr_taken_at = time.monotonic()
         self.publisher.publish("waiting_for_scan", "scan the QR code with the shop's app", qr_png=png)
@@ -309,7 +329,7 @@ class QrLogin:
         """One look at the login page: notices success, expiry or a changed code."""
         try:
             return self._poll_once()
-        except (StaleElementReferenceException, NoSuchFrameException) as exc:
+        except (StaleElementReferenceException, NoSuchFrameException, NoSuchElementException) as exc:
             # The page (or the login frame) moved on between two looks: look again next time.
             log.debug("login page changed while polling: %s", type(exc).__name__)
             self.session.driver.switch_to.default_content()
