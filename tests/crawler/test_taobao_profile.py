@@ -19,7 +19,7 @@ from PIL import Image
 
 from services.crawler.profile import PROFILES_DIR
 from shared.image_validation import check_prepared
-from tests.fixtures_crawler import CrawlClient
+from tests.fixtures_crawler import CrawlClient, CrawlerWorker, log_in
 from tests.fixtures_shop import REPO_ROOT, ShopServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -155,7 +155,6 @@ def test_taobao_profile_against_the_skin(crawler_workers, crawl_client, shop, sk
 
 def test_iframe_login_with_expiry_inside_the_frame(crawl_client, redis_url, tmp_path):
     shop = ShopServer(env={"CNCLIP_SHOP_QR_TOKEN_TTL_S": "3"}).start()
-    from tests.fixtures_crawler import CrawlerWorker
     worker = None
     try:
         skin = Skin(shop)
@@ -194,7 +193,6 @@ def test_page_caps_hold_the_crawler_below_the_site_limit(crawler_workers, crawl_
     skin.set(page_cap=3, card_delay_ms=100)
     crawler_workers(rank=0, mode="headless", profile=taobao_profile(tmp_path, max_pages_per_hour="2"),
                     env=FAST)
-    from tests.fixtures_crawler import log_in
     log_in(crawl_client, shop, 0)
     assert crawl(crawl_client, "红色 T恤", 3, "cap1").status == "ok"
     assert crawl(crawl_client, "蓝色 杯子", 3, "cap2").status == "ok"
