@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-LoginStateName = Literal["starting", "waiting_for_scan", "logged_in", "expired", "error"]
+LoginStateName = Literal["starting", "waiting_for_scan", "logged_in", "expired", "error",
+                         "needs_human"]
 CrawlStatus = Literal["ok", "partial", "failed"]
 
 

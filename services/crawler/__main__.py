@@ -4,8 +4,9 @@
         a Celery worker on queue "crawl": prefork pool, one process, one browser
     python -m services.crawler export-failures --output FILE [--job JOB_ID]
         the failure stream as a tab-separated text file (time, job, split, query, url, reason)
-    python -m services.crawler check-profile [NAME_OR_PATH]
-        loads a site profile and prints it, or says what is wrong with it
+    python -m services.crawler check-profile [NAME_OR_PATH] [--against URL [--base-url URL]]
+        loads a site profile and prints it, or says what is wrong with it; with --against,
+        opens URL in a browser and reports which of the profile's selectors match there
 
 Settings come from the environment (CNCLIP_CRAWLER_*, see services/crawler/settings.py).
 """
@@ -49,11 +50,24 @@ def _check_profile(args: argparse.Namespace) -> int:
 
     name = args.profile or CrawlerSettings().profile
     try:
-        profile = load_profile(name)
+        profile = load_profile(name, args.base_url)
     except ProfileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(profile.model_dump(), indent=2, ensure_ascii=False))
+    if not args.against:
+        print(json.dumps(profile.model_dump(), indent=2, ensure_ascii=False))
+        return 0
+    from services.crawler.profile_check import check_against
+
+    if not args.against.startswith(("http://", "https://")):
+        print(f"error: --against needs an http(s) URL, not {args.against!r}", file=sys.stderr)
+        return 2
+    # A dry run needs no display: headless unless a remote browser is configured.
+    settings = CrawlerSettings()
+    if settings.browser_mode == "xvfb":
+        settings = settings.model_copy(update={"browser_mode": "headless"})
+    report = check_against(profile, args.against, settings, wait_s=args.wait)
+    print(json.dumps(report, indent=2, ensure_ascii=False))
     return 0
 
 
@@ -72,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     export.set_defaults(func=_export)
     check = sub.add_parser("check-profile", help="validate a site profile")
     check.add_argument("profile", nargs="?", default=None)
+    check.add_argument("--against", metavar="URL", default=None,
+                       help="open this page and report which selectors match (nothing is clicked)")
+    check.add_argument("--base-url", default=None,
+                       help="run the profile against a stand-in of the site (as CNCLIP_CRAWLER_BASE_URL)")
+    check.add_argument("--wait", type=float, default=None,
+                       help="seconds to wait for late results (default: the profile's results.grace_s)")
     check.set_defaults(func=_check_profile)
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -62,9 +62,20 @@ def is_session_lost(exc: BaseException) -> bool:
 class BrowserSession:
     """Owns the driver; ``driver`` starts the browser on first use, ``restart`` after a crash."""
 
-    def __init__(self, settings: CrawlerSettings, block_urls: list[str] | None = None):
+    def __init__(
+        self,
+        settings: CrawlerSettings,
+        block_urls: list[str] | None = None,
+        *,
+        hide_automation: bool = False,
+        user_data_dir: Path | None = None,
+    ):
+        """``hide_automation``: no automation switch, no navigator.webdriver.
+        ``user_data_dir``: a browser profile kept across starts (else a temporary one)."""
         self.settings = settings
         self.block_urls = list(block_urls or [])
+        self.hide_automation = hide_automation
+        self.persistent_user_data_dir = user_data_dir
         self._user_agent: str | None = None
         self._driver: webdriver.Remote | None = None
         self._reaper: Reaper | None = None
@@ -143,11 +154,24 @@ class BrowserSession:
         )
         if self.settings.browser_mode == "headless":
             options.add_argument("--headless=new")
+        if self.hide_automation:
+            # ChromeDriver adds --enable-automation (the "controlled by automated software"
+            # bar, navigator.webdriver = true); sites read both as a robot.
+            options.add_experimental_option("excludeSwitches", ["enable-automation"])
+            options.add_argument("--disable-blink-features=AutomationControlled")
         if self.settings.browser_mode != "remote":
             options.binary_location = str(self.settings.chromium_path)
-            self._user_data_dir = Path(tempfile.mkdtemp(prefix="cnclip-chromium-"))
-            if self._reaper is not None:
-                self._reaper.announce_directory(str(self._user_data_dir))
+            if self.persistent_user_data_dir is not None:
+                self._user_data_dir = self.persistent_user_data_dir
+                self._user_data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                # This rank's browser is the only one using the directory (the rank is
+                # claimed); locks left by a killed browser would make Chromium refuse it.
+                for lock in ("SingletonLock", "SingletonSocket", "SingletonCookie"):
+                    (self._user_data_dir / lock).unlink(missing_ok=True)
+            else:
+                self._user_data_dir = Path(tempfile.mkdtemp(prefix="cnclip-chromium-"))
+                if self._reaper is not None:
+                    self._reaper.announce_directory(str(self._user_data_dir))
             options.add_argument(f"--user-data-dir={self._user_data_dir}")
         for arg in self.settings.extra_browser_args.split():
             options.add_argument(arg)
@@ -186,9 +210,9 @@ class BrowserSession:
                 driver.quit()
             except Exception as exc:  # a crashed browser cannot quit cleanly; the reaper will
                 log.info("driver quit failed: %s", exc)
-        if self._user_data_dir is not None:
+        if self._user_data_dir is not None and self._user_data_dir != self.persistent_user_data_dir:
             shutil.rmtree(self._user_data_dir, ignore_errors=True)
-            self._user_data_dir = None
+        self._user_data_dir = None
 
     def close(self) -> None:
         self._quit_driver()

@@ -8,16 +8,25 @@ than the profile's ``qr_max_age_s``. Once the page moves on, the session's cooki
 """
 from __future__ import annotations
 
+import base64
+import io
 import json
 import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import redis
-from selenium.common.exceptions import WebDriverException
+from PIL import Image
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    NoSuchFrameException,
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.common.by import By
 
 from services.crawler.browser import BrowserSession
@@ -80,6 +89,33 @@ class LoginStatePublisher:
             )
 
 
+# Visible: laid out, not hidden by style. Login pages carry hidden elements of other views.
+_VISIBLE_JS = """
+const el = arguments[0];
+if (!el.getClientRects().length) return false;
+const style = getComputedStyle(el);
+return style.visibility !== 'hidden' && style.display !== 'none';
+"""
+
+# An <img> QR has finished loading; a <canvas> QR has been drawn on (not all one colour).
+_QR_RENDERED_JS = """
+const e = arguments[0];
+const canvas = e.tagName === 'CANVAS' ? e : e.querySelector('canvas');
+if (canvas) {
+  if (!canvas.width || !canvas.height) return false;
+  try {
+    const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+    for (let i = 4; i < data.length; i += 4) {
+      if (data[i] !== data[0] || data[i + 1] !== data[1] || data[i + 2] !== data[2] || data[i + 3] !== data[3]) return true;
+    }
+    return false;
+  } catch (err) { return true; }  // a tainted canvas cannot be read; trust it
+}
+const img = e.tagName === 'IMG' ? e : e.querySelector('img');
+return !img || (img.complete && img.naturalWidth > 0);
+"""
+
+
 class LoginRequired(Exception):
     """The site wants a login and nobody scanned the code in time."""
 
@@ -102,6 +138,7 @@ class QrLogin:
         self.poll_s = poll_s
         self._qr_source: str | None = None
         self._qr_taken_at = 0.0
+        self._qr_missing_since: float | None = None
         self._cookies_loaded_mtime: float | None = None
 
     # ---- page classification ------------------------------------------------------------
@@ -112,15 +149,38 @@ class QrLogin:
         if any(marker in url for marker in login.wall_url_contains):
             return True
         if login.wall_selector:
-            return bool(driver.find_elements(By.CSS_SELECTOR, login.wall_selector))
+            return any(self._visible(e) for e in driver.find_elements(By.CSS_SELECTOR, login.wall_selector))
         return False
 
-    def _switch_to_login_frame(self) -> None:
+    def has_login_cookie(self) -> bool:
+        """One of the profile's logged-in cookies is set (True when the profile names none)."""
+        names = set(self.profile.login.logged_in_cookies)
+        if not names:
+            return True
+        return any(c.get("name") in names and c.get("value") for c in self.session.all_cookies())
+
+    def _visible(self, element) -> bool:
+        try:
+            return bool(self.session.driver.execute_script(_VISIBLE_JS, element))
+        except WebDriverException:
+            return False
+
+    @contextmanager
+    def _in_login_frame(self) -> Iterator[None]:
+        """Inside the login iframe when the page embeds one, else on the page itself."""
         frame = self.profile.login.frame
+        driver = self.session.driver
+        switched = False
         if frame:
-            elements = self.session.driver.find_elements(By.CSS_SELECTOR, frame)
+            elements = [e for e in driver.find_elements(By.CSS_SELECTOR, frame) if self._visible(e)]
             if elements:
-                self.session.driver.switch_to.frame(elements[0])
+                driver.switch_to.frame(elements[0])
+                switched = True
+        try:
+            yield
+        finally:
+            if switched:
+                driver.switch_to.default_content()
 
     # ---- cookies ------------------------------------------------------------------------
     def restore_cookies(self) -> bool:
@@ -143,48 +203,94 @@ class QrLogin:
         self._cookies_loaded_mtime = self.cookies.mtime()
 
     # ---- the QR code --------------------------------------------------------------------
-    def _qr_element(self):
+    def _visible_qr(self):
+        found = self.session.driver.find_elements(By.CSS_SELECTOR, self.profile.login.qr_element)
+        return next((e for e in found if self._visible(e)), None)
+
+    def _qr_element(self, wait_s: float = 0.0):
+        """The visible QR element; clicks the switch to the QR view when it is not shown.
+        ``wait_s``: how long a view switched to may take to show the code."""
         login = self.profile.login
         driver = self.session.driver
-        if login.show_qr_click and not driver.find_elements(By.CSS_SELECTOR, login.qr_element):
-            for element in driver.find_elements(By.CSS_SELECTOR, login.show_qr_click):
+        element = self._visible_qr()
+        if element is None and login.show_qr_click:
+            for switch in driver.find_elements(By.CSS_SELECTOR, login.show_qr_click):
+                if not self._visible(switch):
+                    continue
                 try:
-                    element.click()
+                    switch.click()
                     break
                 except WebDriverException:
                     continue
-        found = driver.find_elements(By.CSS_SELECTOR, login.qr_element)
-        return found[0] if found else None
+        deadline = time.monotonic() + wait_s
+        while element is None:
+            element = self._visible_qr()
+            if element is not None or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+        return element
 
     def _qr_is_expired(self) -> bool:
         login = self.profile.login
         driver = self.session.driver
-        if login.expired_selector:
-            for element in driver.find_elements(By.CSS_SELECTOR, login.expired_selector):
-                if element.is_displayed():
-                    return True
-        if login.status and login.expired_text:
-            for element in driver.find_elements(By.CSS_SELECTOR, login.status):
-                text = (element.text or "") + " " + (element.get_attribute("data-state") or "")
-                if any(marker in text for marker in login.expired_text):
-                    return True
+        with self._in_login_frame():
+            if login.expired_selector:
+                for element in driver.find_elements(By.CSS_SELECTOR, login.expired_selector):
+                    if element.is_displayed():
+                        return True
+            if login.status and login.expired_text:
+                for element in driver.find_elements(By.CSS_SELECTOR, login.status):
+                    if not element.is_displayed():
+                        continue
+                    text = (element.text or "") + " " + (element.get_attribute("data-state") or "")
+                    if any(marker in text for marker in login.expired_text):
+                        return True
         return False
 
-    def _wait_qr_rendered(self, element, timeout: float = 5.0) -> None:
-        """An <img> QR must have finished loading before its screenshot means anything."""
-        deadline = time.monotonic() + timeout
-        script = ("const e = arguments[0]; const img = e.tagName === 'IMG' ? e : e.querySelector('img');"
-                  "return !img || (img.complete && img.naturalWidth > 0);")
+    def _wait_qr_rendered(self, element) -> None:
+        """A QR image must have loaded (a canvas been drawn on) before its screenshot means
+        anything."""
+        deadline = time.monotonic() + self.profile.login.qr_render_timeout_s
         while time.monotonic() < deadline:
-            if self.session.driver.execute_script(script, element):
+            if self.session.driver.execute_script(_QR_RENDERED_JS, element):
                 return
             time.sleep(0.05)
+        log.warning("the QR code was not drawn within %.1fs", self.profile.login.qr_render_timeout_s)
+
+    def _canvas_png(self, element) -> bytes | None:
+        """A canvas QR's own pixels, on white with a margin: exact even inside an iframe, where
+        element screenshots can be cut off. None for an <img> or an unreadable canvas."""
+        data_url = self.session.driver.execute_script(
+            "const e = arguments[0]; const c = e.tagName === 'CANVAS' ? e : e.querySelector('canvas');"
+            "try { return c ? c.toDataURL('image/png') : null; } catch (err) { return null; }", element)
+        if not data_url or not str(data_url).startswith("data:image/png;base64,"):
+            return None
+        drawn = Image.open(io.BytesIO(base64.b64decode(str(data_url).split(",", 1)[1]))).convert("RGBA")
+        margin = max(8, drawn.width // 10)
+        page = Image.new("RGB", (drawn.width + 2 * margin, drawn.height + 2 * margin), "white")
+        page.paste(drawn, (margin, margin), drawn)
+        out = io.BytesIO()
+        page.save(out, "PNG")
+        return out.getvalue()
+
+    def _still_on_login_wall(self) -> bool:
+        driver = self.session.driver
+        driver.switch_to.default_content()
+        return self.on_login_wall()
+
+    def _qr_fingerprint(self, element) -> str:
+        # A canvas keeps its markup when redrawn with a new code: compare its pixels too.
+        return str(self.session.driver.execute_script(
+            "const e = arguments[0]; const c = e.tagName === 'CANVAS' ? e : e.querySelector('canvas');"
+            "let pixels = ''; try { pixels = c ? c.toDataURL() : ''; } catch (err) {}"
+            "return e.outerHTML + pixels;", element))
 
     def publish_qr(self) -> bool:
         """Screenshot the QR element and publish it as ``waiting_for_scan``."""
-        self._switch_to_login_frame()
-        try:
-            element = self._qr_element()
+        with self._in_login_frame():
+            element = self._qr_element(wait_s=self.profile.login.qr_render_timeout_s)
+            if element is None and not self._still_on_login_wall():
+                return False  # the page moved on (e.g. the login completed) meanwhile
             if element is None:
                 self.publisher.publish("error", "login page shows no QR code (check the profile's "
                                        "login.qr_element selector)", drop_qr=True)
@@ -192,12 +298,9 @@ class QrLogin:
             self._wait_qr_rendered(element)
             self.session.driver.execute_script(
                 "arguments[0].scrollIntoView({block: 'center'});", element)
-            png = element.screenshot_as_png
-            self._qr_source = element.get_attribute("outerHTML")
+            png = self._canvas_png(element) or element.screenshot_as_png
+            self._qr_source = self._qr_fingerprint(element)
             self._qr_taken_at = time.monotonic()
-        finally:
-            if self.profile.login.frame:
-                self.session.driver.switch_to.default_content()
         self.publisher.publish("waiting_for_scan", "scan the QR code with the shop's app", qr_png=png)
         return True
 
@@ -206,15 +309,16 @@ class QrLogin:
         driver = self.session.driver
         self.publisher.publish("expired", "QR code expired; taking a new one")
         clicked = False
-        if login.refresh:
-            for element in driver.find_elements(By.CSS_SELECTOR, login.refresh):
-                try:
-                    if element.is_displayed():
-                        element.click()
-                        clicked = True
-                        break
-                except WebDriverException:
-                    continue
+        with self._in_login_frame():
+            if login.refresh:
+                for element in driver.find_elements(By.CSS_SELECTOR, login.refresh):
+                    try:
+                        if element.is_displayed():
+                            element.click()
+                            clicked = True
+                            break
+                    except WebDriverException:
+                        continue
         if not clicked:
             driver.refresh()
         time.sleep(0.2)
@@ -223,26 +327,40 @@ class QrLogin:
     # ---- the loop -----------------------------------------------------------------------
     def poll(self) -> LoginStateName:
         """One look at the login page: notices success, expiry or a changed code."""
+        try:
+            return self._poll_once()
+        except (StaleElementReferenceException, NoSuchFrameException, NoSuchElementException) as exc:
+            # The page (or the login frame) moved on between two looks: look again next time.
+            log.debug("login page changed while polling: %s", type(exc).__name__)
+            self.session.driver.switch_to.default_content()
+            return "waiting_for_scan"
+
+    def _poll_once(self) -> LoginStateName:
         if not self.on_login_wall():
-            self.logged_in()
-            return "logged_in"
+            if self.has_login_cookie():
+                self.logged_in()
+                return "logged_in"
+            # Off the login page without the login's cookies: a page in between.
+            return "waiting_for_scan"
         if self._qr_is_expired():
             self._refresh_qr()
             return "waiting_for_scan"
-        element = None
-        try:
-            self._switch_to_login_frame()
+        with self._in_login_frame():
             element = self._qr_element()
-            source = element.get_attribute("outerHTML") if element is not None else None
-        finally:
-            if self.profile.login.frame:
-                self.session.driver.switch_to.default_content()
+            source = self._qr_fingerprint(element) if element is not None else None
         too_old = time.monotonic() - self._qr_taken_at > self.profile.login.qr_max_age_s
         if too_old:
             self.session.driver.refresh()
             self.publish_qr()
+        elif element is None and self._qr_missing_since is None:
+            # Perhaps a page passing by (the login completing): look again next time.
+            self._qr_missing_since = time.monotonic()
+        elif element is None and time.monotonic() - self._qr_missing_since < 2.0:
+            pass
         elif element is None or source != self._qr_source:
             self.publish_qr()
+        if element is not None or too_old:
+            self._qr_missing_since = None
         return "waiting_for_scan"
 
     def logged_in(self) -> None:
@@ -264,4 +382,21 @@ class QrLogin:
             if self.newer_cookies_available() and self.restore_cookies():
                 return "cookies_restored"
             time.sleep(self.poll_s)
+        return "timeout"
+
+    # ---- a check only a person can pass -------------------------------------------------
+    def wait_for_human(self, deadline: float, still_blocked: Callable[[], bool]) -> Literal["passed", "timeout"]:
+        """Publishes ``needs_human`` with a screenshot of the page (shown like a QR code) and
+        waits, without reloading, until the check is gone or the profile's ``human_wait_s``
+        or ``deadline`` passes."""
+        png = self.session.driver.get_screenshot_as_png()
+        self.publisher.publish("needs_human", "the site shows a slider check: a person must pass "
+                               "it in this rank's browser", qr_png=png)
+        limit = min(deadline, time.time() + self.profile.interstitial.human_wait_s)
+        while time.time() < limit:
+            time.sleep(self.poll_s)
+            if not still_blocked():
+                log.info("the slider check is gone")
+                self.publisher.publish("logged_in", "", drop_qr=True)
+                return "passed"
         return "timeout"

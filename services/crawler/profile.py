@@ -7,11 +7,12 @@ when something is missing or mistyped.
 """
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
 
@@ -32,13 +33,35 @@ class SearchSection(_Section):
     home_url: str = "{base_url}/"
     search_box: str = ""
     submit: str = ""
+    # Further result pages: "url" opens the search URL of that page; "click" clicks
+    # results.next_page on the current page (for sites that rewrite a direct page URL).
+    paging: str = Field("url", pattern="^(url|click)$")
     page_size: int = Field(44, ge=1)
     max_pages: int = Field(3, ge=1)
+
+
+class UrlRewrite(_Section):
+    # A Python regular expression (re.sub) and its replacement, e.g. a thumbnail URL to the
+    # original picture.
+    pattern: str
+    replace: str
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from exc
+        return value
 
 
 class ResultsSection(_Section):
     # The page is ready once one of these matches (results, empty notice, login, interstitial).
     ready: str
+    # Results that a script fetches after the document is complete: how long to wait for one
+    # of the selectors to match before calling the page unexpected (instead of reloading it).
+    grace_s: float = Field(0.0, ge=0)
     item: str
     image: str
     # Attributes tried in order; the first one holding a real URL wins.
@@ -47,6 +70,8 @@ class ResultsSection(_Section):
     placeholder_markers: list[str] = ["data:image", "placeholder", "blank.gif"]
     empty: str = ""
     next_page: str = ""
+    # Applied in order to every image URL found (after relative URLs are made absolute).
+    image_url_rewrite: list[UrlRewrite] = []
 
 
 class ScrollSection(_Section):
@@ -70,7 +95,13 @@ class LoginSection(_Section):
     expired_text: list[str] = []
     expired_selector: str = ""
     refresh: str = ""
+    # Shown on pages of a logged-in visitor (reported by check-profile; not used to decide).
     logged_in: str = ""
+    # Cookies that only a logged-in session has: when given, leaving the login page counts as
+    # a login only once one of them is set (a guest also gets the site's other cookies).
+    logged_in_cookies: list[str] = []
+    # How long to wait for the QR code to be drawn (a <canvas> stays blank for a moment).
+    qr_render_timeout_s: float = Field(5.0, ge=0)
     # A page that shows the login wall when logged out (probed when a worker starts).
     check_url: str = ""
     # A QR is re-taken at least this often even if nothing signals expiry.
@@ -78,17 +109,51 @@ class LoginSection(_Section):
 
 
 class InterstitialSection(_Section):
+    # Selectors count only when the element is visible (pages carry hidden captcha markup).
     selector: str = ""
     title_contains: list[str] = []
     url_contains: list[str] = []
     backoff_s: float = Field(30.0, ge=0)
     backoff_factor: float = Field(2.0, ge=1)
     max_retries: int = Field(2, ge=0)
+    # A check only a person can pass (a slider): not backed off, but shown to the operator
+    # (login state "needs_human" with a screenshot) and waited for up to human_wait_s.
+    human_selector: str = ""
+    human_wait_s: float = Field(300.0, ge=0)
+
+
+class SoftPrompt(_Section):
+    """A dialog or button the crawler clicks away before classifying the page (a "visiting
+    too often" notice with a close button, a one-click re-login)."""
+
+    name: str
+    # The prompt is there when an element matching this is visible...
+    selector: str
+    # ...and its text contains this (empty: any text).
+    text_contains: str = ""
+    # What to click (empty: the matched element itself).
+    click: str = ""
 
 
 class PolitenessSection(_Section):
     min_interval_s: float = Field(0.0, ge=0)
     jitter_s: float = Field(0.0, ge=0)
+
+
+class PaceSection(_Section):
+    """Caps on result pages per browser session (0: no cap) and a pause between searches."""
+
+    max_pages_per_hour: int = Field(0, ge=0)
+    max_pages_per_day: int = Field(0, ge=0)
+    search_cooldown_s: float = Field(0.0, ge=0)
+
+
+class BrowserSection(_Section):
+    # Leave out Chromium's automation switch and its navigator.webdriver flag.
+    hide_automation: bool = False
+    # Keep the browser's user-data directory per rank under the crawler's state directory, so
+    # cookies and local storage survive restarts (instead of a fresh temporary one).
+    persistent_user_data: bool = False
 
 
 class SiteProfile(_Section):
@@ -99,7 +164,14 @@ class SiteProfile(_Section):
     scroll: ScrollSection = ScrollSection()
     login: LoginSection
     interstitial: InterstitialSection = InterstitialSection()
+    soft_prompts: list[SoftPrompt] = []
     politeness: PolitenessSection = PolitenessSection()
+    pace: PaceSection = PaceSection()
+    browser: BrowserSection = BrowserSection()
+    # The site's hostnames. Run against a stand-in (a base URL given by the operator), every
+    # URL of the profile on one of these hosts moves under it: https://s.example.com/x ->
+    # <base_url>/s.example.com/x (the demo shop's Taobao skin serves each host that way).
+    hosts: list[str] = []
     # Headers sent with image downloads besides the browser's cookies and user agent.
     download_headers: dict[str, str] = {}
     # URL patterns (Chrome DevTools wildcards) the browser does not load, e.g. result pictures
@@ -109,7 +181,27 @@ class SiteProfile(_Section):
     def with_base_url(self, base_url: str | None) -> "SiteProfile":
         if not base_url:
             return self
-        return self.model_copy(update={"base_url": base_url.rstrip("/")})
+        base_url = base_url.rstrip("/")
+        if not self.hosts:
+            return self.model_copy(update={"base_url": base_url})
+        pattern = re.compile(r"(?:https?:)?//(" + "|".join(map(re.escape, self.hosts)) + r")(?=[/?#\"]|$)")
+
+        def move(value: object) -> object:
+            if isinstance(value, str):
+                return pattern.sub(lambda m: f"{base_url}/{m.group(1)}", value)
+            if isinstance(value, list):
+                return [move(v) for v in value]
+            if isinstance(value, dict):
+                return {k: move(v) for k, v in value.items()}
+            return value
+
+        data = move(self.model_dump())
+        return SiteProfile.model_validate(data)
+
+    def rewrite_image_url(self, url: str) -> str:
+        for rule in self.results.image_url_rewrite:
+            url = re.sub(rule.pattern, rule.replace, url)
+        return url
 
     def expand(self, template: str, **values: object) -> str:
         return template.format(base_url=self.base_url.rstrip("/"), **values)

@@ -64,7 +64,11 @@ class CrawlerRuntime:
                                          settings.rank_claim_ttl_s)
         log.info("crawler rank %d, profile %s (%s)", self.rank, self.profile.name, self.profile.base_url)
 
-        self.session = BrowserSession(settings, block_urls=self.profile.block_urls)
+        browser = self.profile.browser
+        self.session = BrowserSession(
+            settings, block_urls=self.profile.block_urls, hide_automation=browser.hide_automation,
+            user_data_dir=(settings.state_dir / "chromium" / f"{self.profile.name}-rank{self.rank}"
+                           if browser.persistent_user_data else None))
         self.lock = threading.RLock()
         self.login_state = LoginStatePublisher(self.redis, self.rank, self.profile.name)
         self.cookies = CookieStore.for_rank(settings.state_dir, self.profile.name, self.rank,

@@ -24,6 +24,7 @@ from services.shop.faults import FaultBook, Faults
 from services.shop.sessions import LoginBook, Session, qr_payload
 from services.shop.settings import ShopSettings
 from services.shop.stats import Stats
+from services.shop.taobao_skin import add_taobao_skin
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
 # A 1x1 transparent GIF: what an item's picture shows until it is scrolled into view.
@@ -220,6 +221,8 @@ def create_app(settings: ShopSettings | None = None) -> FastAPI:
                             path="/", httponly=True, samesite="lax")
         return response
 
+    # The Taobao-like skin, under paths named after Taobao's hosts (the demo keeps this one).
+    add_taobao_skin(app, shop)
     if settings.test_endpoints:
         _add_test_endpoints(app, shop)
     return app
