@@ -271,6 +271,7 @@ class _PassState:
     uses_left: collections.Counter = field(default_factory=collections.Counter)
     arrived: dict = field(default_factory=dict)     # normalised -> _Arrived
     marked_late: set = field(default_factory=set)   # normalised, handed out as "late"
+    held: int = 0                                   # arrived entries whose bytes are in memory
 
 
 class LiveSource(_Fetcher):
@@ -375,6 +376,7 @@ class LiveSource(_Fetcher):
                     out[query] = _copy_for(query, got.fetched)
                     if state.uses_left[norm] <= 0:
                         got.fetched = None  # taken for the last time: free the bytes
+                        state.held -= 1
             self.add("wait_ms", int((time.monotonic() - started) * 1000))
         # Cache hits and spilled results are read here, outside the lock.
         for query in wanted:
@@ -479,14 +481,16 @@ class LiveSource(_Fetcher):
             self.add("arrived")
             if flight.norm in state.marked_late:
                 self.add("arrived_late")
-            held = sum(1 for a in state.arrived.values() if a.fetched is not None)
-            if images and held >= self.max_held:
+            if images and (state.held >= self.max_held or state.uses_left[flight.norm] <= 0):
+                # Kept in the cache only: memory stays bounded, and a result that came after
+                # its last use (late) is not held at all.
                 state.arrived[flight.norm] = _Arrived(None, result.status)
                 if invalid:
                     self.add("invalid_images", invalid)
             else:
                 fetched = self.finish(result.query, images, from_cache=False, invalid=invalid)
                 state.arrived[flight.norm] = _Arrived(fetched, result.status)
+                state.held += 1
             self._cond.notify_all()
 
     def _expire(self) -> None:
