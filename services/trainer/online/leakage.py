@@ -36,10 +36,10 @@ def perceptual_hash(image: Image.Image | bytes) -> np.ndarray:
     """The perceptual hash of a picture (PIL image or encoded bytes) as HASH_WORDS uint64s."""
     if isinstance(image, (bytes, bytearray, memoryview)):
         image = Image.open(io.BytesIO(bytes(image)))
-        # JPEG: decode at a reduced DCT scale that still covers the hash's 64x64 input; several
-        # times faster, and the hash is taken from a 64x64 resize either way.
-        image.draft("RGB", (HASH_SIZE * 4, HASH_SIZE * 4))
-    bits = imagehash.phash(image.convert("RGB"), hash_size=HASH_SIZE).hash.flatten()
+        # JPEG: decode only the grey channel (the hash is of grey levels) at a reduced DCT scale
+        # that still covers the hash's 64x64 input: several times faster than a full decode.
+        image.draft("L", (HASH_SIZE * 4, HASH_SIZE * 4))
+    bits = imagehash.phash(image, hash_size=HASH_SIZE).hash.flatten()
     return np.packbits(bits).view(np.uint64)
 
 

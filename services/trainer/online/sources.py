@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -72,8 +73,12 @@ class _ReadAhead:
     that decoding, validation and hashing for the guard overlap the learner's step. Queries are
     expected in the planned order; one asked for out of order is simply read on the spot."""
 
-    def __init__(self, depth: int):
-        self.depth = max(1, depth)
+    def __init__(self, depth: int, workers: int = 4):
+        if depth < 0:
+            raise ValueError(f"read-ahead depth must be >= 0, got {depth}")
+        self.depth = depth  # 0: every entry is read when take() asks for it
+        # Decoding and hashing release the GIL for most of their time: threads run in parallel.
+        self.workers = max(1, min(workers, os.cpu_count() or 1))
         self._pool: ThreadPoolExecutor | None = None
         self._load: Callable[[str], Fetched | None] | None = None
         self._order: list[str] = []
@@ -104,8 +109,10 @@ class _ReadAhead:
         return self._load(query)
 
     def _top_up(self) -> None:
+        if not self.depth:
+            return
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="cache-read-ahead")
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="cache-read-ahead")
         while self._next < len(self._order) and len(self._futures) < self.depth:
             self._futures[self._next] = self._pool.submit(self._load, self._order[self._next])
             self._next += 1
@@ -126,10 +133,10 @@ class _Fetcher:
     """What both sources share: cache reads, image checks, the guard, counters."""
 
     def __init__(self, cache_dir: Path, n_images: int, guard: LeakageGuard | None,
-                 read_ahead: int = 1):
+                 read_ahead: int = 1, read_ahead_workers: int = 4):
         if n_images < 1:
             raise ValueError(f"n_images must be at least 1, got {n_images}")
-        self._ahead = _ReadAhead(read_ahead)
+        self._ahead = _ReadAhead(read_ahead, read_ahead_workers)
         self.cache_dir = Path(cache_dir)
         self.n_images = n_images
         self.guard = guard
