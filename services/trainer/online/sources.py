@@ -69,7 +69,7 @@ def _distinct(queries: Sequence[str]) -> list[str]:
 
 
 class _ReadAhead:
-    """Reads cache entries in a worker thread, up to ``depth`` queries ahead of their use, so
+    """Reads cache entries in worker threads, up to ``depth`` queries ahead of their use, so
     that decoding, validation and hashing for the guard overlap the learner's step. Queries are
     expected in the planned order; one asked for out of order is simply read on the spot."""
 
