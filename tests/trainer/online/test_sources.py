@@ -276,11 +276,14 @@ def test_the_window_bounds_requests_and_results_refill_it(tmp_path, redis_url, r
         assert [r.query for r in hand.wait_queued(3)] == QUERIES[:3]
         hand.answer(count=2)
         assert [r.query for r in hand.wait_queued(3)] == QUERIES[2:5]  # two more, in order
-        # A batch needed now jumps the queue of what is not submitted yet.
+        # A batch needed now jumps the queue of what is not submitted yet: once a slot frees,
+        # its query goes before QUERIES[5] and QUERIES[6].
         waiter = threading.Thread(target=lambda: source.take([QUERIES[7]]))
-        hand.answer(count=1)
         waiter.start()
-        assert [r.query for r in hand.wait_queued(3)][-1] == QUERIES[7]
+        time.sleep(0.3)  # the batch is waiting (the window is full)
+        assert hand.wait_queued(3)[-1].query == QUERIES[4]
+        hand.answer(count=1)
+        assert [r.query for r in hand.wait_queued(3)] == [QUERIES[3], QUERIES[4], QUERIES[7]]
         hand.answer(count=3)
         waiter.join(10)
         assert source.counts["max_in_flight"] == 3
