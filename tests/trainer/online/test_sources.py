@@ -1,17 +1,21 @@
 """Image sources: the cache alone, and live against real crawler workers on the real shop."""
 from __future__ import annotations
 
+import base64
 import io
+import json
 import threading
 import time
 
 import pytest
 from PIL import Image
 
+from services.crawler.results import ResultPublisher
 from services.trainer.online.leakage import LeakageGuard
 from services.trainer.online.sources import make_source
 from shared import redis_keys
 from shared.image_cache import ImageCache
+from shared.messages import CrawlRequest, CrawlResult
 from shared.redis_keys import CRAWL_QUEUE
 from tests.fixtures_crawler import log_in
 
@@ -222,12 +226,6 @@ def test_waiting_for_login_until_the_qr_code_is_confirmed(tmp_path, redis_url, c
 # The crawler's side of the contract played by the test: it takes the real Celery messages
 # off the crawl queue and pushes results with the crawler's own ResultPublisher, so each case
 # (what arrives, when, or never) is exact.
-import base64 as _base64
-import json as _json
-
-from services.crawler.results import ResultPublisher
-from shared.messages import CrawlRequest, CrawlResult
-
 
 class HandCrawler:
     def __init__(self, redis_client):
@@ -237,7 +235,7 @@ class HandCrawler:
     def queued(self) -> list[CrawlRequest]:
         """Requests waiting in the crawl queue, oldest first (left in place)."""
         raw = self.redis.lrange(CRAWL_QUEUE, 0, -1)[::-1]  # kombu LPUSHes, workers pop the right end
-        return [CrawlRequest.model_validate(_json.loads(_base64.b64decode(_json.loads(m)["body"]))[0][0])
+        return [CrawlRequest.model_validate(json.loads(base64.b64decode(json.loads(m)["body"]))[0][0])
                 for m in raw]
 
     def wait_queued(self, n: int, timeout: float = 10.0) -> list[CrawlRequest]:
@@ -255,7 +253,7 @@ class HandCrawler:
         for _ in range(count):
             raw = self.redis.rpop(CRAWL_QUEUE)
             assert raw is not None, "nothing queued"
-            request = CrawlRequest.model_validate(_json.loads(_base64.b64decode(_json.loads(raw)["body"]))[0][0])
+            request = CrawlRequest.model_validate(json.loads(base64.b64decode(json.loads(raw)["body"]))[0][0])
             images = (images_by_query or {}).get(request.query, [_jpeg((hash(request.query) % 200, 90, 90))])
             self.push(request, images)
             done.append(request.query)
