@@ -227,6 +227,7 @@ def test_waiting_for_login_until_the_qr_code_is_confirmed(tmp_path, redis_url, c
 # off the crawl queue and pushes results with the crawler's own ResultPublisher, so each case
 # (what arrives, when, or never) is exact.
 
+
 class HandCrawler:
     def __init__(self, redis_client):
         self.redis = redis_client
