@@ -22,10 +22,21 @@ from typing import NamedTuple
 from shared.image_validation import STORED_RULES, ImageRules, keep_valid_jpegs
 from shared.query import normalize_query, query_key
 
+# The cache's folder under the data root unless a command is told otherwise.
+DEFAULT_DIRNAME = "online_cache"
 _STAGING = ".staging-"
 _ASIDE = ".old-"
 # Rename attempts when writers of one query race (each retry means another writer won once).
 _PUT_ATTEMPTS = 20
+
+
+def default_cache_dir(data_root: str | Path | None = None) -> Path:
+    """``<data root>/online_cache`` (data root from the settings when not given)."""
+    if data_root is None:
+        from shared.settings import common_settings
+
+        data_root = common_settings().data_root
+    return Path(data_root) / DEFAULT_DIRNAME
 
 
 class CacheRead(NamedTuple):

@@ -1,5 +1,5 @@
 """`cnclip`: one entry point with a subcommand per job (build-lmdb, train, predict, evaluate,
-ensemble, convert, make-synthetic). Each subcommand lives in services/trainer/commands/ and
+ensemble, convert, make-synthetic, import-cache). Each subcommand lives in services/trainer/commands/ and
 is imported only when chosen, so `cnclip make-synthetic` works without torch."""
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "ensemble": ("ensemble", "Fuse saved score matrices, fit ensemble weights"),
     "convert": ("convert", "Convert checkpoints between Chinese-CLIP .pt and transformers dirs"),
     "make-synthetic": ("make_synthetic", "Render a synthetic MUGE-format data set"),
+    "import-cache": ("import_cache", "Import the prototype's crawled-image folders into the online cache"),
 }
 
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -66,12 +68,75 @@ def _distinct(queries: Sequence[str]) -> list[str]:
     return out
 
 
+class _ReadAhead:
+    """Reads cache entries in worker threads, up to ``depth`` queries ahead of their use, so
+    that decoding, validation and hashing for the guard overlap the learner's step. Queries are
+    expected in the planned order; one asked for out of order is simply read on the spot."""
+
+    def __init__(self, depth: int, workers: int = 4):
+        if depth < 0:
+            raise ValueError(f"read-ahead depth must be >= 0, got {depth}")
+        self.depth = depth  # 0: every entry is read when take() asks for it
+        # Decoding and hashing release the GIL for most of their time: threads run in parallel.
+        self.workers = max(1, min(workers, os.cpu_count() or 1))
+        self._pool: ThreadPoolExecutor | None = None
+        self._load: Callable[[str], Fetched | None] | None = None
+        self._order: list[str] = []
+        self._index: dict[str, int] = {}
+        self._futures: dict[int, Future] = {}
+        self._next = 0
+
+    def plan(self, queries: Sequence[str], load: Callable[[str], Fetched | None]) -> None:
+        self.cancel()
+        self._load = load
+        self._order = list(queries)
+        self._index = {normalize_query(q): i for i, q in enumerate(self._order)}
+        self._next = 0
+        self._top_up()
+
+    def get(self, query: str) -> Fetched | None:
+        assert self._load is not None, "plan() first"
+        i = self._index.get(normalize_query(query))
+        future = None
+        if i is not None:
+            for skipped in [j for j in self._futures if j < i]:
+                self._futures.pop(skipped).cancel()
+            future = self._futures.pop(i, None)
+            self._next = max(self._next, i + 1)
+            self._top_up()
+        if future is not None and not future.cancelled():
+            return future.result()
+        return self._load(query)
+
+    def _top_up(self) -> None:
+        if not self.depth:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="cache-read-ahead")
+        while self._next < len(self._order) and len(self._futures) < self.depth:
+            self._futures[self._next] = self._pool.submit(self._load, self._order[self._next])
+            self._next += 1
+
+    def cancel(self) -> None:
+        for future in self._futures.values():
+            future.cancel()
+        self._futures.clear()
+
+    def close(self) -> None:
+        self.cancel()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
 class _Fetcher:
     """What both sources share: cache reads, image checks, the guard, counters."""
 
-    def __init__(self, cache_dir: Path, n_images: int, guard: LeakageGuard | None):
+    def __init__(self, cache_dir: Path, n_images: int, guard: LeakageGuard | None,
+                 read_ahead: int = 1, read_ahead_workers: int = 4):
         if n_images < 1:
             raise ValueError(f"n_images must be at least 1, got {n_images}")
+        self._ahead = _ReadAhead(read_ahead, read_ahead_workers)
         self.cache_dir = Path(cache_dir)
         self.n_images = n_images
         self.guard = guard
@@ -106,6 +171,7 @@ class _Fetcher:
     def _end(self) -> dict:
         if self.split is None:
             raise RuntimeError("no pass is open")
+        self._ahead.cancel()
         self.split = self.cache = None
         return dict(self.counts)
 
@@ -130,12 +196,23 @@ class _Fetcher:
         return Fetched(query=query, images=images, reason=reason, from_cache=from_cache,
                        dropped_leaked=dropped)
 
+    def plan_reads(self, queries: Sequence[str]) -> None:
+        """The cache entries this pass will read, in order of use: read ahead of take()."""
+        cache = self._require_pass()
+
+        def load(query: str) -> Fetched | None:
+            found = cache.read(query)
+            if found is None:
+                return None
+            return self.finish(query, found.images, from_cache=True, invalid=found.invalid)
+
+        self._ahead.plan(queries, load)
+
     def from_cache(self, query: str) -> Fetched | None:
         """The cached entry of the query, re-validated and guarded; None if never cached."""
-        found = self._require_pass().read(query)
-        if found is None:
-            return None
-        return self.finish(query, found.images, from_cache=True, invalid=found.invalid)
+        self._require_pass()
+        fetched = self._ahead.get(query)
+        return None if fetched is None else _copy_for(query, fetched)
 
 
 class CacheSource(_Fetcher):
@@ -146,6 +223,7 @@ class CacheSource(_Fetcher):
 
     def start_pass(self, split: str, queries: Sequence[str], pass_index: int) -> None:
         self._begin(split, queries)
+        self.plan_reads(_distinct(queries))
 
     def take(self, queries: Sequence[str]) -> dict[str, Fetched]:
         self._require_pass()
@@ -165,7 +243,7 @@ class CacheSource(_Fetcher):
         return self._end()
 
     def close(self) -> None:
-        pass
+        self._ahead.close()
 
 
 @dataclass
@@ -200,6 +278,7 @@ class _PassState:
     uses_left: collections.Counter = field(default_factory=collections.Counter)
     arrived: dict = field(default_factory=dict)     # normalised -> _Arrived
     marked_late: set = field(default_factory=set)   # normalised, handed out as "late"
+    held: int = 0                                   # arrived entries whose bytes are in memory
 
 
 class LiveSource(_Fetcher):
@@ -209,7 +288,7 @@ class LiveSource(_Fetcher):
                  wait_s: float, redis_url: str, request_ttl_s: float,
                  guard: LeakageGuard | None, expiry_grace_s: float = 60.0,
                  max_held: int | None = None):
-        super().__init__(cache_dir, n_images, guard)
+        super().__init__(cache_dir, n_images, guard, read_ahead=window)
         if window < 1:
             raise ValueError(f"window must be at least 1, got {window}")
         if wait_s < 0 or request_ttl_s <= 0:
@@ -246,13 +325,16 @@ class LiveSource(_Fetcher):
         state = _PassState(split=split, pass_index=pass_index)
         for query in queries:
             state.uses_left[normalize_query(query)] += 1
+        cached = []
         for query in _distinct(queries):
             norm = normalize_query(query)
             if query in cache:
                 state.cache_hits.add(norm)
+                cached.append(query)
             else:
                 state.pending.append((norm, query))
                 state.queued.add(norm)
+        self.plan_reads(cached)
         with self._cond:
             self._pass = state
             self._cond.notify_all()
@@ -301,6 +383,7 @@ class LiveSource(_Fetcher):
                     out[query] = _copy_for(query, got.fetched)
                     if state.uses_left[norm] <= 0:
                         got.fetched = None  # taken for the last time: free the bytes
+                        state.held -= 1
             self.add("wait_ms", int((time.monotonic() - started) * 1000))
         # Cache hits and spilled results are read here, outside the lock.
         for query in wanted:
@@ -330,6 +413,7 @@ class LiveSource(_Fetcher):
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self._ahead.close()
         self.client.close()
 
     # ---- the background thread ------------------------------------------------------------
@@ -404,14 +488,16 @@ class LiveSource(_Fetcher):
             self.add("arrived")
             if flight.norm in state.marked_late:
                 self.add("arrived_late")
-            held = sum(1 for a in state.arrived.values() if a.fetched is not None)
-            if images and held >= self.max_held:
+            if images and (state.held >= self.max_held or state.uses_left[flight.norm] <= 0):
+                # Kept in the cache only: memory stays bounded, and a result that came after
+                # its last use (late) is not held at all.
                 state.arrived[flight.norm] = _Arrived(None, result.status)
                 if invalid:
                     self.add("invalid_images", invalid)
             else:
                 fetched = self.finish(result.query, images, from_cache=False, invalid=invalid)
                 state.arrived[flight.norm] = _Arrived(fetched, result.status)
+                state.held += 1
             self._cond.notify_all()
 
     def _expire(self) -> None:
@@ -440,7 +526,7 @@ def make_source(mode: Literal["live", "cache"], *, cache_dir: Path, job_id: str,
                 n_images: int, window: int, wait_s: float, redis_url: str | None,
                 request_ttl_s: float, guard: LeakageGuard | None) -> ImageSource:
     if mode == "cache":
-        return CacheSource(Path(cache_dir), n_images, guard)
+        return CacheSource(Path(cache_dir), n_images, guard, read_ahead=window)
     if mode == "live":
         if not redis_url:
             raise ValueError("live image source needs a Redis URL")

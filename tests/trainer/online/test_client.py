@@ -13,7 +13,6 @@ from shared import redis_keys
 from shared.messages import CrawlResult, LoginState
 from shared.redis_keys import CRAWL_QUEUE
 from shared.tasks import CRAWL_TASK
-from tests.fixtures_crawler import log_in
 
 
 @pytest.fixture()

@@ -10,6 +10,8 @@ import pytest
 from PIL import Image
 
 from services.trainer.online.leakage import DEFAULT_THRESHOLD, LeakageGuard, perceptual_hash
+from services.trainer.online.sources import make_source
+from shared.image_cache import ImageCache
 
 
 def _gallery(data, split: str) -> list[bytes]:
@@ -80,3 +82,28 @@ def test_thirty_thousand_gallery_pictures_cost_milliseconds_per_image(synthetic_
     per_image = (time.perf_counter() - started) / 20
     assert dropped == 20 and kept == []
     assert per_image < 0.05, per_image  # generous bound for a loaded 2-core machine
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_a_gallery_picture_served_by_the_shop_is_dropped_and_the_others_kept(
+        tmp_path, redis_url, crawler_worker, shop, synthetic_data, guard):
+    gallery = _gallery(synthetic_data, "valid")
+    shop.set_faults(pictures={
+        "紫色 条纹 鞋子": [base64.b64encode(gallery[3]).decode()],            # first result only
+        "红色 波点 帽子": [base64.b64encode(g).decode() for g in gallery[:2]],  # every result asked
+    })
+    source = make_source("live", cache_dir=tmp_path, job_id="job-leak", rank=0, n_images=2,
+                         window=2, wait_s=90, redis_url=redis_url, request_ttl_s=120, guard=guard)
+    queries = ["紫色 条纹 鞋子", "红色 波点 帽子"]
+    source.start_pass("valid", queries, pass_index=0)
+    got = source.take(queries)
+    counts = source.end_pass()
+    source.close()
+    partly = got["紫色 条纹 鞋子"]
+    assert partly.ok and len(partly.images) == 1 and partly.dropped_leaked == 1
+    assert not guard.is_leaked(partly.images[0])
+    assert got["红色 波点 帽子"].reason == "leaked" and got["红色 波点 帽子"].dropped_leaked == 2
+    assert counts["dropped_leaked"] == 3 and counts["leaked"] == 1
+    # The cache keeps what was crawled (the guard belongs to a gallery, not to the cache).
+    assert len(ImageCache(tmp_path, "valid").read("红色 波点 帽子").images) == 2

@@ -1,17 +1,21 @@
 """Image sources: the cache alone, and live against real crawler workers on the real shop."""
 from __future__ import annotations
 
+import base64
 import io
+import json
 import threading
 import time
 
 import pytest
 from PIL import Image
 
+from services.crawler.results import ResultPublisher
 from services.trainer.online.leakage import LeakageGuard
 from services.trainer.online.sources import make_source
 from shared import redis_keys
 from shared.image_cache import ImageCache
+from shared.messages import CrawlRequest, CrawlResult
 from shared.redis_keys import CRAWL_QUEUE
 from tests.fixtures_crawler import log_in
 
@@ -216,3 +220,156 @@ def test_waiting_for_login_until_the_qr_code_is_confirmed(tmp_path, redis_url, c
     waiter.join(60)
     source.close()
     assert outcome == {"ok": True} and told == [[0], [0]]
+
+
+# ---- live mode, answered by hand over real Redis ------------------------------------------
+# The crawler's side of the contract played by the test: it takes the real Celery messages
+# off the crawl queue and pushes results with the crawler's own ResultPublisher, so each case
+# (what arrives, when, or never) is exact.
+
+
+class HandCrawler:
+    def __init__(self, redis_client):
+        self.redis = redis_client
+        self.publisher = ResultPublisher(redis_client, rank=0, done_ttl_s=600, failures_maxlen=100)
+
+    def queued(self) -> list[CrawlRequest]:
+        """Requests waiting in the crawl queue, oldest first (left in place)."""
+        raw = self.redis.lrange(CRAWL_QUEUE, 0, -1)[::-1]  # kombu LPUSHes, workers pop the right end
+        return [CrawlRequest.model_validate(json.loads(base64.b64decode(json.loads(m)["body"]))[0][0])
+                for m in raw]
+
+    def wait_queued(self, n: int, timeout: float = 10.0) -> list[CrawlRequest]:
+        deadline = time.monotonic() + timeout
+        while len(self.queued()) < n:
+            assert time.monotonic() < deadline, f"{len(self.queued())} of {n} requests queued"
+            time.sleep(0.02)
+        time.sleep(0.3)  # would more come? (they must not)
+        return self.queued()
+
+    def answer(self, images_by_query: dict[str, list[bytes]] | None = None, count: int = 1) -> list[str]:
+        """Takes the ``count`` oldest requests off the queue and answers them (no images:
+        a failed result); returns their queries."""
+        done = []
+        for _ in range(count):
+            raw = self.redis.rpop(CRAWL_QUEUE)
+            assert raw is not None, "nothing queued"
+            request = CrawlRequest.model_validate(json.loads(base64.b64decode(json.loads(raw)["body"]))[0][0])
+            images = (images_by_query or {}).get(request.query, [_jpeg((hash(request.query) % 200, 90, 90))])
+            self.push(request, images)
+            done.append(request.query)
+        return done
+
+    def push(self, request: CrawlRequest, images: list[bytes]) -> None:
+        self.publisher.publish(CrawlResult(
+            request_id=request.request_id, job_id=request.job_id, split=request.split,
+            query=request.query, normalized_query=request.query, rank=0, elapsed_s=0.1,
+            status="ok" if images else "failed", images=images), request.reply_stream)
+
+
+def test_the_window_bounds_requests_and_results_refill_it(tmp_path, redis_url, redis_client):
+    hand = HandCrawler(redis_client)
+    source = _live_source(tmp_path, redis_url, job_id="job-hand", window=3, wait_s=5)
+    source.start_pass("valid", QUERIES, pass_index=0)
+    try:
+        assert [r.query for r in hand.wait_queued(3)] == QUERIES[:3]
+        hand.answer(count=2)
+        assert [r.query for r in hand.wait_queued(3)] == QUERIES[2:5]  # two more, in order
+        # A batch needed now jumps the queue of what is not submitted yet: once a slot frees,
+        # its query goes before QUERIES[5] and QUERIES[6].
+        waiter = threading.Thread(target=lambda: source.take([QUERIES[7]]))
+        waiter.start()
+        time.sleep(0.3)  # the batch is waiting (the window is full)
+        assert hand.wait_queued(3)[-1].query == QUERIES[4]
+        hand.answer(count=1)
+        assert [r.query for r in hand.wait_queued(3)] == [QUERIES[3], QUERIES[4], QUERIES[7]]
+        hand.answer(count=3)
+        waiter.join(10)
+        assert source.counts["max_in_flight"] == 3
+    finally:
+        source.end_pass()
+        source.close()
+
+
+def test_a_request_never_answered_expires_and_frees_its_slot(tmp_path, redis_url, redis_client):
+    hand = HandCrawler(redis_client)
+    source = make_source("live", cache_dir=tmp_path, job_id="job-expire", rank=0, n_images=1, window=1,
+                         wait_s=0.2, redis_url=redis_url, request_ttl_s=0.5, guard=None)
+    source.expiry_grace_s = 0.5
+    source.start_pass("valid", QUERIES[:2], pass_index=0)
+    lost = hand.wait_queued(1)[0]
+    redis_client.rpop(CRAWL_QUEUE)  # taken by a crawler that vanished for good
+    assert lost.deadline <= time.time() + 0.5
+    assert [r.query for r in hand.wait_queued(1, timeout=10)] == [QUERIES[1]]
+    hand.answer()
+    got = source.take(QUERIES[:2])
+    counts = source.end_pass()
+    source.close()
+    assert got[QUERIES[0]].reason == "late" and got[QUERIES[1]].ok
+    assert counts["expired"] == 1 and counts["arrived"] == 1 and counts["late"] == 1
+
+
+def test_results_beyond_what_memory_holds_are_served_from_the_cache(tmp_path, redis_url, redis_client):
+    hand = HandCrawler(redis_client)
+    source = make_source("live", cache_dir=tmp_path, job_id="job-spill", rank=0, n_images=1, window=8,
+                         wait_s=10, redis_url=redis_url, request_ttl_s=60, guard=None)
+    source.max_held = 2
+    source.start_pass("valid", QUERIES, pass_index=0)
+    pictures = {q: [_jpeg((20 * i, 100, 150))] for i, q in enumerate(QUERIES)}
+    hand.wait_queued(8)
+    hand.answer(pictures, count=8)
+    deadline = time.monotonic() + 10
+    while source.counts["arrived"] < 8 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sum(1 for a in source._pass.arrived.values() if a.fetched is not None) == 2
+    got = source.take(QUERIES)
+    counts = source.end_pass()
+    source.close()
+    assert {q: f.images for q, f in got.items()} == pictures
+    assert counts["arrived"] == 8 and counts["failed"] == counts["late"] == 0
+
+
+def test_a_failed_crawl_is_failed_and_not_cached(tmp_path, redis_url, redis_client):
+    hand = HandCrawler(redis_client)
+    source = _live_source(tmp_path, redis_url, job_id="job-fail", window=2, wait_s=10)
+    source.start_pass("valid", QUERIES[:2], pass_index=0)
+    hand.wait_queued(2)
+    hand.answer({QUERIES[0]: [], QUERIES[1]: [b"<html>not a picture</html>"]}, count=2)
+    got = source.take(QUERIES[:2])
+    counts = source.end_pass()
+    source.close()
+    assert [got[q].reason for q in QUERIES[:2]] == ["failed", "failed"]
+    assert counts["failed"] == 2 and counts["invalid_images"] == 1
+    assert QUERIES[0] not in ImageCache(tmp_path / "cache", "valid")
+
+
+def test_results_of_a_restarted_run_are_used_and_a_later_pass_asks_again(tmp_path, redis_url, redis_client):
+    hand = HandCrawler(redis_client)
+    # A first run submitted pass 0 and died before reading the results.
+    first = _live_source(tmp_path, redis_url, job_id="job-restart", window=2, wait_s=0)
+    first.start_pass("valid", QUERIES[:2], pass_index=0)
+    requests = hand.wait_queued(2)
+    first._stop.set()
+    first._thread.join()
+    first.client.close(drop_stream=False)
+    redis_client.delete(CRAWL_QUEUE)
+    for request in requests:
+        hand.push(request, [_jpeg((5, 5, 5))])
+    # The restarted run reads them (one submitted again, one before it was submitted).
+    again = _live_source(tmp_path, redis_url, job_id="job-restart", window=1, wait_s=10)
+    again.start_pass("valid", QUERIES[:2], pass_index=0)
+    got = again.take(QUERIES[:2])
+    counts = again.end_pass()
+    assert all(got[q].ok for q in QUERIES[:2])
+    assert counts["arrived"] + counts["cache_hits"] == 2
+    redis_client.delete(CRAWL_QUEUE)  # a crawler finds a re-sent request done and skips it
+    # The next pass finds both in the cache and asks for nothing.
+    again.start_pass("valid", QUERIES[:2], pass_index=1)
+    assert all(f.from_cache for f in again.take(QUERIES[:2]).values())
+    assert again.end_pass()["submitted"] == 0 and hand.queued() == []
+    # A new query in pass 1 gets a new request id.
+    again.start_pass("valid", QUERIES[2:3], pass_index=1)
+    (request,) = hand.wait_queued(1)
+    assert request.request_id not in {r.request_id for r in requests}
+    again.end_pass()
+    again.close()
