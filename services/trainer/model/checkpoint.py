@@ -132,6 +132,7 @@ def _read_pt(path: Path) -> dict[str, Any]:
         "optimizer_param_names": meta.get("optimizer_param_names"),
         "file_keys": list(strip_ddp_prefix(dict.fromkeys(raw))),
         "config": None,
+        "online_steps": meta.get("online_steps"),  # this project's count; absent in Chinese-CLIP's files
     }
 
 

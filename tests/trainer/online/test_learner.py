@@ -88,3 +88,25 @@ def test_test_time_adaptation_uses_image_e_mod_k_and_saves_a_chinese_clip_checkp
     state = torch.load(adapted, map_location="cpu", weights_only=False)["state_dict"]
     theirs.load_state_dict({k.removeprefix("module."): v for k, v in state.items() if "bert.pooler" not in k},
                            strict=True)
+
+
+def test_a_resumed_run_continues_the_online_step_count_without_repeating_passes(synthetic_data, tmp_path):
+    texts = [t["text"] for t in synthetic_data.manifest["texts"]["valid"]]
+    fill_cache(tmp_path / "cache", "valid", texts)
+    common = dict(online="cache", online_cache_dir=str(tmp_path / "cache"), online_dedupe_gallery=False,
+                  valid_step_interval=2, valid_epoch_interval=-1, name="resumed")
+    first = Trainer(make_config(synthetic_data, tmp_path, max_steps=2, **common), CPU)
+    first.fit()
+    per_pass = first.valid_data.num_batches
+    first.close()
+    latest = first.config.checkpoint_dir / "epoch_latest.pt"
+    assert torch.load(latest, weights_only=False)["online_steps"] == per_pass
+    events = tmp_path / "resumed.jsonl"
+    sink = JsonLinesSink(events)
+    again = Trainer(make_config(synthetic_data, tmp_path, max_steps=4, **common), CPU, sink)
+    assert again.step == 2 and again.online.online_steps == per_pass
+    again.fit()
+    sink.close()
+    passes = [e["data"] for e in _events(events) if e["type"] == "online_pass"]
+    assert len(passes) == 1  # only the pass at step 4; the one at step 2 was finished before
+    assert again.online.online_steps == 2 * per_pass
