@@ -120,6 +120,7 @@ def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     sizes, device = SIZES[args.scale], check_device()
     deadline = Deadline(args.budget_s)
+    peak, peak_source = peak_bf16_flops(device)  # first: a bad override fails before any work
     from services.trainer.model.features import ContrastiveModel
     from services.trainer.model.factory import create_model
 
@@ -133,7 +134,6 @@ def main() -> None:
     original = Side("original", theirs, lambda pixels, input_ids, attention_mask: theirs(pixels, input_ids))
     inputs = (image_batch(sizes.train_batch, sizes.vision_model, device), *text_batch(sizes.train_batch, device))
 
-    peak, peak_source = peak_bf16_flops(device)
     flops_per_sample = guarded(lambda: count_flops_per_sample(sides["sdpa"], inputs, device))
     flop_count = {
         "method": "torch.utils.flop_counter.FlopCounterMode over one forward + contrastive loss + backward of our "
@@ -172,14 +172,15 @@ def main() -> None:
         print(f"throughput {precision}/{attention}/ckpt={checkpointing}: samples/s ours "
               f"{brief(entry['ours'])}, original {brief(entry['original'])}", flush=True)
 
-    largest = largest_batch(sides["sdpa"], ours["sdpa"], sizes, device, deadline, flops_per_sample, peak)
+    largest = guarded(lambda: largest_batch(sides["sdpa"], ours["sdpa"], sizes, device, deadline, flops_per_sample,
+                                            peak))
     headline = next(r for r in results if (r["precision"], r["attention"], r["grad_checkpointing"]) == HEADLINE)
     ratio, headline_mfu = headline.get("ours_over_original"), headline.get("ours_mfu")
     result = {
         "scale": args.scale, "device": str(device),
         "gpu_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "vision_model": sizes.vision_model, "text_model": sizes.text_model, "batch": sizes.train_batch,
-        "flop_count": flop_count, "settings": results, "largest_batch": largest,
+        "flop_count": flop_count, "headline": headline, "settings": results, "largest_batch": largest,
         "targets": {
             "ours_over_original_samples_per_s": {"value": ratio, "target": ">= 1.0",
                                                  "met": None if ratio is None else ratio >= 1.0},
