@@ -1,4 +1,5 @@
-"""Merges the set-up record and every step's JSON into the one object the check ends with.
+"""Merges the set-up record and every step's JSON into the one object the check ends with
+(printed as the last line, and written in full to WORK/report.json).
 
 A step that wrote no JSON (it crashed, was killed at its time limit, or its process could not
 start) is reported with its exit code and the end of its log.
@@ -57,6 +58,14 @@ def headline(steps: dict) -> dict:
     }
 
 
+def without_tracebacks(value):
+    if isinstance(value, dict):
+        return {k: without_tracebacks(v) for k, v in value.items() if k != "traceback_tail"}
+    if isinstance(value, list):
+        return [without_tracebacks(v) for v in value]
+    return value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", required=True)
@@ -75,7 +84,10 @@ def main() -> int:
         "ok": all(steps_ok.values()) and setup.get("imports_ok") is True,
         "steps_ok": steps_ok, "headline": headline(steps), "setup": setup, **steps,
     }
-    print(json.dumps(report, default=str), flush=True)
+    (work / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    # The printed line leaves out tracebacks (they stay in report.json and the step files), so it
+    # stays short enough to be read whole from the end of a captured output.
+    print(json.dumps(without_tracebacks(report), default=str), flush=True)
     return 0 if report["ok"] else 1
 
 
