@@ -48,6 +48,8 @@ def headline(steps: dict) -> dict:
             "batch": throughput.get("batch")},
         "ours_over_original": first.get("ours_over_original"),
         "mfu": first.get("ours_mfu"),
+        "targets_met": {name: target.get("met") for name, target in (pick(throughput, "targets") or {}).items()
+                        if isinstance(target, dict)},
         "largest_batch": pick(throughput, "largest_batch", "largest_fitting"),
         "job_samples_per_s": pick(steps, "train_job", "train", "events", "samples_per_s_median"),
         "job_validation_r1": pick(steps, "train_job", "train", "events", "validation", "r1"),
