@@ -87,9 +87,10 @@ def test_training_job_under_torchrun_gives_a_checkpoint_chinese_clip_loads(check
     load = job["chinese_clip_load"]
     assert load["strict_load"] == "ok" and load["checkpoint_step"] == job["max_steps"]
     assert load["features_agree"] is True
-    # Online validation is switched on by the trainer's own help, never assumed.
-    assert job["online_cache_validation"]["ran"] is False
-    assert "--online-images" in job["online_cache_validation"]["reason"]
+    # A validation pass with --online cache: a step on every validation batch.
+    online = job["online_cache_validation"]
+    assert online["ran"] is True and online["rc"] == 0, online
+    assert online["batches"] > 0 and online["steps"] == online["batches"] and online["pairs"] > 0
 
 
 def test_chunked_topk_agrees_with_the_full_matrix(check):

@@ -26,19 +26,37 @@ PRECISION = "amp"  # the trainer's default: fp16 autocast with the loss scaler o
 CLI = [sys.executable, "-m", "services.trainer.cli"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "-m", "--"]
 
-# --- Validation with online learning from the crawler cache (switch) ------------------------
-# Online learning (`--online cache`) is being built: the trainer does not take it yet. Once
-# `cnclip train --help` lists ONLINE_CACHE_OPTION, a validation pass with `--online cache` belongs
-# here: give it a cache holding images for the validation queries and report the `online` and
-# `validation` events it emits. Until then the result says why it did not run.
+# --- Validation with online learning from the crawler cache ---------------------------------
+# One more step from the job's checkpoint, then a validation pass with `--online cache`: a step
+# per validation batch on the pictures the demo shop serves for each query (cached beforehand,
+# so no browser is needed on the GPU machine).
 ONLINE_CACHE_OPTION = "--online-images"
 
 
-def online_cache_validation(train_help: str) -> dict:
+def online_cache_validation(train_help: str, train_args: list[str], data: Path, work: Path,
+                            checkpoint: Path, steps: int) -> dict:
     if ONLINE_CACHE_OPTION not in train_help:
-        return {"ran": False, "reason": f"`cnclip train` has no {ONLINE_CACHE_OPTION} option yet"}
-    return {"ran": False, "reason": f"`cnclip train` offers {ONLINE_CACHE_OPTION}: wire the validation pass "
-                                    "with --online cache into tests/bench/gpu_check/train_job.py"}
+        return {"ran": False, "reason": f"`cnclip train` has no {ONLINE_CACHE_OPTION} option"}
+    from tests.fixtures_online import fill_cache
+
+    texts = [json.loads(line)["text"] for line in (data / "valid_texts.jsonl").read_text().splitlines() if line.strip()]
+    fill_cache(work / "online_cache", "valid", texts)
+    events_path = work / "online_events.jsonl"
+    args = [a for a in train_args]
+    for flag, value in (("--name", JOB_NAME + "-online"), ("--events", str(events_path)),
+                        ("--max-steps", str(steps + 1)), ("--valid-step-interval", "1")):
+        args[args.index(flag) + 1] = value
+    args += ["--resume", str(checkpoint), "--online", "cache", "--online-cache-dir", str(work / "online_cache")]
+    record = run_logged(TORCHRUN + ["services.trainer.cli"] + args, work / "train_online.log")
+    events = read_events(events_path)
+    online = [e["data"] for e in events if e["type"] == "online"]
+    passes = [e["data"] for e in events if e["type"] == "online_pass"]
+    record.update(ran=True, batches=len(online), pairs=sum(o["pairs"] for o in online),
+                  steps=sum(1 for o in online if o["loss"] is not None),
+                  wait_ms_total=round(sum(o["wait_ms"] for o in online), 1),
+                  pass_wall_s=passes[-1]["wall_s"] if passes else None)
+    record["ok"] = record["rc"] == 0 and record["steps"] == record["batches"] > 0
+    return record
 
 
 def run_logged(cmd: list[str], log: Path, timeout_s: float | None = None) -> dict:
@@ -141,11 +159,15 @@ def main() -> None:
     result["chinese_clip_load"] = (
         guarded(lambda: load_in_chinese_clip(checkpoint, sizes.vision_model, sizes.text_model, device))
         if checkpoint.is_file() else {"error": f"no checkpoint at {checkpoint}"})
-    result["online_cache_validation"] = online_cache_validation(train_help)
+    result["online_cache_validation"] = (
+        guarded(lambda: online_cache_validation(train_help, train_args, data, work, checkpoint, sizes.job_steps))
+        if checkpoint.is_file() else {"error": f"no checkpoint at {checkpoint}"})
     result["ok"] = (not failed(job) and job["events"]["result_steps"] == sizes.job_steps
                     and job["events"]["validation"] is not None
                     and not failed(result["collectives"]) and result["collectives"].get("ok") is True
-                    and not failed(result["chinese_clip_load"]) and result["chinese_clip_load"]["features_agree"])
+                    and not failed(result["chinese_clip_load"]) and result["chinese_clip_load"]["features_agree"]
+                    and not failed(result["online_cache_validation"])
+                    and result["online_cache_validation"].get("ok") is True)
     write_result(args.out, result)
 
 
