@@ -229,6 +229,7 @@ def test_jobs_list_selects_by_address_and_waits_for_login(control, redis_client,
     sign_in(browser, control, f"/status?job={first.id}")
     wait_rendered(browser, first.id)
     assert not browser.find_element(By.ID, "login-wait").is_displayed()
+    assert visible_panels(browser) == {"panel-training"}  # no online learning: no empty online charts
     # A click opens the job's view under its own address; back returns to the first.
     click_when_stable(browser, f"tr[data-job='{second.id}']")
     wait_rendered(browser, second.id)

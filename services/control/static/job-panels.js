@@ -40,8 +40,11 @@
     return METRICS.map(function (k) { return {text: m ? F.num(m[k[0]]) : "-", cls: "num"}; });
   }
 
-  function showPanels(kind) {
+  /* A training run without online learning shows no empty online charts. */
+  function showPanels(kind, s, job) {
     var wanted = PANELS[kind] || [];
+    var online = (job.spec.online || "off") !== "off" || (s.online || []).length || (s.online_passes || []).length;
+    if (!online) { wanted = wanted.filter(function (id) { return id !== "panel-online"; }); }
     Array.prototype.forEach.call(document.querySelectorAll(".job-panel"), function (panel) {
       panel.hidden = wanted.indexOf(panel.id) < 0;
     });
@@ -160,7 +163,7 @@
   }
 
   function render(kind, s, job, now) {
-    showPanels(kind);  // first: a chart takes its width from its visible container
+    showPanels(kind, s, job);  // first: a chart takes its width from its visible container
     if (kind === "train") { renderTraining(s); }
     if (kind === "train" || kind === "online") { renderOnline(s); }
     if (kind !== "train") { renderPhases(s, job, now); }
