@@ -39,6 +39,12 @@
     return splits.map(function (v) { return v.toFixed(d); });
   }
 
+  /* Room for the y axis: as wide as its longest tick label (uPlot asks again as they change). */
+  function labelRoom(u, values) {
+    var longest = (values || []).reduce(function (n, v) { return Math.max(n, String(v).length); }, 4);
+    return 16 + longest * 7;
+  }
+
   function options(el, xLabel, series, yMin) {
     var y = {auto: true};
     if (yMin === 0) {
@@ -49,7 +55,7 @@
       width: Math.max(240, el.clientWidth), height: HEIGHT,
       scales: {x: {time: false}, y: y},
       axes: [{label: xLabel, size: 40, labelSize: 18, incrs: WHOLE_INCRS},
-             {size: 60, values: tickLabels}],
+             {size: labelRoom, values: tickLabels}],
       legend: {show: true, live: false},
       series: [{label: xLabel}].concat(series.map(function (s, i) {
         return {label: s.label, stroke: s.color || COLORS[i % COLORS.length], width: 2,
