@@ -2,6 +2,7 @@
 sees them, and screenshots under the test's output for a person to look at."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from selenium.common.exceptions import StaleElementReferenceException
@@ -10,9 +11,10 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 
 def screenshot(driver, tmp_path: Path, name: str) -> Path:
-    """The whole page as a PNG under ``<tmp_path>/screenshots``."""
-    out = tmp_path / "screenshots"
-    out.mkdir(exist_ok=True)
+    """The whole page as a PNG under ``<tmp_path>/screenshots``, or under
+    ``$CNCLIP_SCREENSHOT_DIR`` when set (pytest keeps only its last few temporary folders)."""
+    out = Path(os.environ["CNCLIP_SCREENSHOT_DIR"]) if os.environ.get("CNCLIP_SCREENSHOT_DIR") else tmp_path / "screenshots"
+    out.mkdir(parents=True, exist_ok=True)
     height = driver.execute_script("return document.documentElement.scrollHeight")
     width = driver.execute_script("return document.documentElement.scrollWidth")
     driver.set_window_size(max(1400, width), min(max(1000, height + 120), 4000))
