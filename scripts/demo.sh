@@ -4,68 +4,110 @@
 # shop, a crawler, the job runner, the control service), trains a tiny model and predicts with
 # it through the control API while printing progress, shows the metrics, and stops the stack.
 #
+# Installs and the stack's start and stop write to a log file (one line per stage here); the
+# jobs' progress is printed as it comes.
+#
 # Settings: CNCLIP_DATA_ROOT (./data), CNCLIP_CONTROL_PORT (8000), CNCLIP_SHOP_PORT (8600),
 # DEMO_STEPS (200). Keep the stack running afterwards with DEMO_KEEP=1 (stop it with
 # `bash scripts/stack.sh down`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/bootstrap.sh
-
 export CNCLIP_DATA_ROOT=$(realpath -m "${CNCLIP_DATA_ROOT:-./data}")
 DATASET=datasets/demo
 PY=.venv/bin/python
+LOG=$CNCLIP_DATA_ROOT/demo.log
+mkdir -p "$CNCLIP_DATA_ROOT"
+: > "$LOG"
+STAGE=0
+STAGES=3  # install, data set, stack up; stack down too unless it is kept
+[ "${DEMO_KEEP:-0}" = "1" ] || STAGES=4
 
-if [ ! -f "$CNCLIP_DATA_ROOT/$DATASET/test_texts.jsonl" ]; then
-  echo "== making a synthetic data set in $CNCLIP_DATA_ROOT/$DATASET"
-  $PY -m services.trainer.cli make-synthetic --out "$CNCLIP_DATA_ROOT/$DATASET" \
-      --n-train 512 --n-valid 64 --n-test 64 --image-size 64
-fi
-if [ ! -d "$CNCLIP_DATA_ROOT/$DATASET/lmdb/test" ]; then
-  echo "== building its LMDB"
-  $PY -m services.trainer.cli build-lmdb --data-dir "$CNCLIP_DATA_ROOT/$DATASET" --splits train,valid,test
-fi
+# stage TITLE COMMAND...: runs COMMAND with its output in the log, says how it went in one line.
+stage() {
+  local title=$1; shift
+  STAGE=$((STAGE + 1))
+  local started=$SECONDS
+  printf '[%d/%d] %s ... ' "$STAGE" "$STAGES" "$title"
+  echo "== [$STAGE/$STAGES] $title: $*" >> "$LOG"
+  if "$@" >> "$LOG" 2>&1; then
+    echo "done ($((SECONDS - started)) s)"
+  else
+    local rc=$?
+    echo "FAILED (exit $rc)"
+    echo "---- last lines of $LOG ----" >&2
+    tail -n 25 "$LOG" >&2
+    exit "$rc"
+  fi
+}
 
-echo "== starting the stack"
-bash scripts/stack.sh up
-if [ "${DEMO_KEEP:-0}" != "1" ]; then
-  trap 'echo "== stopping the stack"; bash scripts/stack.sh down' EXIT
-fi
-set -a
-# shellcheck disable=SC1091
-. "$CNCLIP_DATA_ROOT/stack/stack.env"
-set +a
-echo "   control: http://127.0.0.1:$CNCLIP_CONTROL_PORT/status (token in $CNCLIP_DATA_ROOT/stack/stack.env)"
+make_dataset() {
+  if [ ! -f "$CNCLIP_DATA_ROOT/$DATASET/test_texts.jsonl" ]; then
+    $PY -m services.trainer.cli make-synthetic --out "$CNCLIP_DATA_ROOT/$DATASET" \
+        --n-train 512 --n-valid 64 --n-test 64 --image-size 64
+  fi
+  if [ ! -d "$CNCLIP_DATA_ROOT/$DATASET/lmdb/test" ]; then
+    $PY -m services.trainer.cli build-lmdb --data-dir "$CNCLIP_DATA_ROOT/$DATASET" --splits train,valid,test
+  fi
+}
 
-RUN_NAME=demo-$(date +%Y%m%d-%H%M%S)
+stop_stack() {
+  echo
+  stage "stopping the stack" bash scripts/stack.sh down
+}
+
+start_stack() {
+  stage "starting the stack (Redis, shop, crawler, job runner, control service)" bash scripts/stack.sh up
+  if [ "${DEMO_KEEP:-0}" != "1" ]; then
+    trap stop_stack EXIT
+  fi
+  set -a
+  # shellcheck disable=SC1091
+  . "$CNCLIP_DATA_ROOT/stack/stack.env"
+  set +a
+  BASE_URL=http://127.0.0.1:$CNCLIP_CONTROL_PORT
+}
+
 MODEL='"vision_model": "tiny", "text_model": "tiny", "precision": "fp32", "device": "cpu"'
-TRAIN_SPEC=$(cat <<JSON
+JOBS=()  # "label job-id" of every job run, for the closing summary
+
+# Each run: submit a job through the API, follow its events, remember it for the summary.
+run_job() {
+  local label=$1 kind=$2 spec=$3 job
+  echo
+  echo "== $label"
+  job=$($PY scripts/demo_client.py "$kind" "$spec")
+  echo "   job $job: $BASE_URL/status?job=$job"
+  JOBS+=("$label|$job")
+  $PY scripts/demo_client.py follow "$job"
+  LAST_JOB=$job
+}
+
+run_training() {
+  RUN_NAME=demo-$(date +%Y%m%d-%H%M%S)
+  run_job "training $RUN_NAME" train "$(cat <<JSON
 {"name": "$RUN_NAME", "train_data": "$DATASET/lmdb/train", "val_data": "$DATASET/lmdb/valid",
  "max_steps": ${DEMO_STEPS:-200}, "batch_size": 32, "valid_batch_size": 32, "lr": 0.003, "wd": 0.01, "warmup": 10,
  "valid_step_interval": 50, "log_interval": 10, "num_workers": 0, "valid_num_workers": 0, $MODEL}
 JSON
-)
-echo "== training job"
-TRAIN_JOB=$($PY scripts/demo_client.py train "$TRAIN_SPEC")
-echo "   job $TRAIN_JOB"
-$PY scripts/demo_client.py follow "$TRAIN_JOB"
+)"
+}
 
-PREDICT_SPEC=$(cat <<JSON
+run_prediction() {
+  run_job "prediction with $RUN_NAME" predict "$(cat <<JSON
 {"mode": "single", "image_data": "$DATASET/lmdb/test", "text_data": "$DATASET/test_texts.jsonl",
  "resume": "experiments/$RUN_NAME/checkpoints/epoch_latest.pt", $MODEL}
 JSON
-)
-echo "== prediction job"
-PREDICT_JOB=$($PY scripts/demo_client.py predict "$PREDICT_SPEC")
-echo "   job $PREDICT_JOB"
-$PY scripts/demo_client.py follow "$PREDICT_JOB"
+)"
+  echo "== test recall by concept (chance R@1 is about 1 in the gallery size)"
+  $PY scripts/demo_client.py concepts "$CNCLIP_DATA_ROOT/$DATASET" \
+      "$CNCLIP_DATA_ROOT/experiments/results/${LAST_JOB}_predictions.jsonl"
+}
 
-echo "== test recall by concept (chance R@1 is about 1 in the gallery size)"
-$PY scripts/demo_client.py concepts "$CNCLIP_DATA_ROOT/$DATASET" \
-    "$CNCLIP_DATA_ROOT/experiments/results/${PREDICT_JOB}_predictions.jsonl"
-
-echo "== metrics (Prometheus)"
-$PY - <<PYCODE
+show_metrics() {
+  echo
+  echo "== service metrics (Prometheus, $BASE_URL/metrics)"
+  $PY - <<PYCODE
 import httpx, os
 text = httpx.get(f"http://127.0.0.1:{os.environ['CNCLIP_CONTROL_PORT']}/metrics",
                  headers={"Authorization": f"Bearer {os.environ['CNCLIP_CONTROL_TOKEN']}"}).text
@@ -73,3 +115,31 @@ for line in text.splitlines():
     if line.startswith(("cnclip_jobs", "cnclip_crawl", "cnclip_crawler_ranks_logged_in")):
         print("  " + line)
 PYCODE
+}
+
+closing_words() {
+  echo
+  echo "== what to open"
+  if [ "${DEMO_KEEP:-0}" = "1" ]; then
+    echo "   status:        $BASE_URL/status"
+    for entry in "${JOBS[@]}"; do echo "   ${entry%%|*}: $BASE_URL/status?job=${entry#*|}"; done
+    echo "   crawler login: $BASE_URL/login"
+    echo "   API docs:      $BASE_URL/docs"
+    echo "   sign in with the token: CNCLIP_CONTROL_TOKEN in $CNCLIP_DATA_ROOT/stack/stack.env"
+    echo "   stop it all:   bash scripts/stack.sh down"
+  else
+    echo "   The stack stops now. To look around afterwards, run DEMO_KEEP=1 bash scripts/demo.sh"
+    echo "   ($BASE_URL/status and /login, token in $CNCLIP_DATA_ROOT/stack/stack.env)."
+  fi
+  echo "   Results: $CNCLIP_DATA_ROOT/experiments (checkpoints, predictions); install and stack log: $LOG"
+}
+
+echo "Online-CNCLIP demo: a tiny model trained and used on this machine's CPU (log: $LOG)"
+stage "installing system packages and the Python environment (first run: several minutes)" \
+    bash scripts/bootstrap.sh
+stage "making a synthetic data set in $CNCLIP_DATA_ROOT/$DATASET" make_dataset
+start_stack
+run_training
+run_prediction
+show_metrics
+closing_words

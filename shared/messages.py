@@ -71,7 +71,9 @@ class LoginState(BaseModel):
     since: float = Field(default_factory=time.time, description="when this state began")
     detail: str = ""
     qr_updated_at: float | None = None
+    qr_expires_at: float | None = Field(None, description="when the code shown stops being valid")
     site: str = ""
+    site_url: str = Field("", description="the address of the site this rank logs into")
     host: str = ""
     pid: int = 0
 

@@ -2,6 +2,7 @@
 and the depth of the crawl queue in the Celery broker."""
 from __future__ import annotations
 
+import json
 import time
 from collections import deque
 from typing import Any
@@ -79,6 +80,10 @@ def login_view(state: LoginState, has_qr: bool) -> dict[str, Any]:
     view = state.model_dump()
     view["has_qr"] = has_qr
     view["qr_url"] = f"/login/{state.rank}/qr.png?v={state.qr_updated_at or 0}" if has_qr else None
+    # Seconds left, by this server's clock: the page counts down from when it receives them,
+    # so a browser whose clock is off still shows the right time.
+    view["qr_expires_in_s"] = (round(max(0.0, state.qr_expires_at - time.time()), 1)
+                               if has_qr and state.qr_expires_at else None)
     return view
 
 
@@ -121,6 +126,26 @@ def _number(value: Any) -> float:
         return 0.0
 
 
+_COUNTERS = ("pages", "queries", "images", "failures", "last_seen", "pages_per_min")
+FAILURES_SCANNED = 500  # newest failure records read to find each rank's last reason
+
+
+async def last_failures(client: aioredis.Redis, count: int = FAILURES_SCANNED) -> dict[int, dict[str, Any]]:
+    """Each rank's newest failure (reason, query, time) among the newest ``count`` records of
+    the failure stream: the reason a person needs to see is the current one."""
+    newest: dict[int, dict[str, Any]] = {}
+    for _, fields in await client.xrevrange(redis_keys.crawl_failures(), count=count):
+        try:
+            meta = json.loads(fields.get(b"meta", fields.get("meta", b"{}")))
+            rank = int(meta["rank"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if rank not in newest:
+            newest[rank] = {"reason": str(meta.get("reason", "")), "query": meta.get("query"),
+                            "ts": meta.get("ts")}
+    return newest
+
+
 async def crawler_pool(client: aioredis.Redis, rates: PagesRate) -> dict[str, Any]:
     states = await login_states(client)
     async with client.pipeline(transaction=False) as pipe:
@@ -130,16 +155,20 @@ async def crawler_pool(client: aioredis.Redis, rates: PagesRate) -> dict[str, An
             pipe.llen(name)
         results = await pipe.execute()
     stats, depths = results[:len(states)], results[len(states):]
+    failures = await last_failures(client)
     ranks = []
     for state, raw in zip(states, stats):
-        counters = {_decode(k): _number(v) for k, v in (raw or {}).items()}
+        fields = {_decode(k): v for k, v in (raw or {}).items()}
+        counters = {k: _number(fields[k]) for k in _COUNTERS if k in fields}
         ppm = rates.observe(state.rank, counters.get("pages", 0.0))
         if "pages_per_min" in counters:
-            ppm = counters["pages_per_min"]
+            ppm = counters.pop("pages_per_min")
+        current = fields.get("current_query")
         ranks.append({"rank": state.rank, "state": state.state, "since": state.since,
                       "updated_at": state.updated_at, "detail": state.detail, "host": state.host,
-                      "pages_per_min": ppm, **{k: counters[k] for k in
-                                               ("pages", "queries", "images", "failures", "last_seen")
-                                               if k in counters}})
+                      "site": state.site, "pages_per_min": ppm, **counters,
+                      "current_query": _decode(current) if current is not None else None,
+                      "last_failure": failures.get(state.rank),
+                      "login_url": f"/login#rank-{state.rank}"})
     return {"ranks": ranks, "queue_depth": int(sum(depths)),
             "logged_in": sum(1 for r in ranks if r["state"] == "logged_in")}

@@ -41,10 +41,11 @@ log = logging.getLogger(__name__)
 class LoginStatePublisher:
     """Writes a rank's LoginState hash and QR PNG, and announces changes on the channel."""
 
-    def __init__(self, client: redis.Redis, rank: int, site: str):
+    def __init__(self, client: redis.Redis, rank: int, site: str, site_url: str = ""):
         self.client = client
         self.rank = rank
         self.site = site
+        self.site_url = site_url
         self.current: LoginState | None = None
 
     def publish(
@@ -53,18 +54,22 @@ class LoginStatePublisher:
         detail: str = "",
         qr_png: bytes | None = None,
         drop_qr: bool = False,
+        qr_lifetime_s: float | None = None,
     ) -> LoginState:
         now = time.time()
         previous = self.current
         since = previous.since if previous is not None and previous.state == state else now
         qr_updated_at = previous.qr_updated_at if previous is not None else None
+        qr_expires_at = previous.qr_expires_at if previous is not None else None
         if qr_png is not None:
             qr_updated_at = now
+            qr_expires_at = now + qr_lifetime_s if qr_lifetime_s else None
         elif drop_qr:
-            qr_updated_at = None
+            qr_updated_at = qr_expires_at = None
         login_state = LoginState(
             rank=self.rank, state=state, updated_at=now, since=since, detail=detail,
-            qr_updated_at=qr_updated_at, site=self.site, host=socket.gethostname(), pid=os.getpid(),
+            qr_updated_at=qr_updated_at, qr_expires_at=qr_expires_at, site=self.site,
+            site_url=self.site_url, host=socket.gethostname(), pid=os.getpid(),
         )
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(redis_keys.crawler_login(self.rank), mapping=login_state.to_hash())
@@ -301,7 +306,9 @@ class QrLogin:
             png = self._canvas_png(element) or element.screenshot_as_png
             self._qr_source = self._qr_fingerprint(element)
             self._qr_taken_at = time.monotonic()
-        self.publisher.publish("waiting_for_scan", "scan the QR code with the shop's app", qr_png=png)
+        # The crawler takes a new code at the latest after qr_max_age_s: the page counts down to it.
+        self.publisher.publish("waiting_for_scan", "scan the QR code with the shop's app", qr_png=png,
+                               qr_lifetime_s=self.profile.login.qr_max_age_s)
         return True
 
     def _refresh_qr(self) -> None:

@@ -70,7 +70,7 @@ class CrawlerRuntime:
             user_data_dir=(settings.state_dir / "chromium" / f"{self.profile.name}-rank{self.rank}"
                            if browser.persistent_user_data else None))
         self.lock = threading.RLock()
-        self.login_state = LoginStatePublisher(self.redis, self.rank, self.profile.name)
+        self.login_state = LoginStatePublisher(self.redis, self.rank, self.profile.name, self.profile.base_url)
         self.cookies = CookieStore.for_rank(settings.state_dir, self.profile.name, self.rank,
                                             settings.share_login)
         self.login = QrLogin(self.session, self.profile, self.login_state, self.cookies,
@@ -94,7 +94,7 @@ class CrawlerRuntime:
                                        settings.failures_maxlen)
         self.queries_since_start = 0
         # A previous process of this rank may have died mid-crawl.
-        self.redis.hdel(redis_keys.crawler_stats(self.rank), "current")
+        self.redis.hdel(redis_keys.crawler_stats(self.rank), "current", "current_query")
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._keeper: threading.Thread | None = None
@@ -204,11 +204,12 @@ class CrawlerRuntime:
         started = time.monotonic()
         normalized = normalize_query(request.query)
         stats_key = redis_keys.crawler_stats(self.rank)
-        self.redis.hset(stats_key, mapping={"current": request.request_id, "last_seen": time.time()})
+        self.redis.hset(stats_key, mapping={"current": request.request_id, "current_query": request.query[:200],
+                                            "last_seen": time.time()})
         try:
             outcome = self._crawl(request, normalized)
         finally:
-            self.redis.hdel(stats_key, "current")
+            self.redis.hdel(stats_key, "current", "current_query")
         return self._publish(request, normalized, outcome, time.monotonic() - started)
 
     def fail(self, request_payload: dict, reason: str) -> dict:

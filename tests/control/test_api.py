@@ -30,7 +30,7 @@ def test_everything_but_healthz_needs_the_token(control):
     routes = [(method.upper(), _sample_path(path)) for path, item in schema["paths"].items()
               for method in item]
     routes += [("GET", p) for p in ("/", "/status", "/login", "/docs", "/openapi.json", "/static/app.css",
-                                    "/static/charts.js", "/api/login/events", "/metrics", "/login/0/qr.png",
+                                    "/static/status.js", "/api/login/events", "/metrics", "/login/0/qr.png",
                                     "/no/such/page")]
     routes += [("POST", "/auth/logout")]
     assert len(routes) > 15

@@ -1,9 +1,10 @@
-"""The pages in headless Chromium: /login shows every rank's QR code and state and follows
-changes live; /status draws its charts."""
+"""The pages in headless Chromium: /login shows every rank's QR code, site and expiry and follows
+changes live; /status shows the crawler pool per rank and cancels a job. (Each kind of job's
+panels: test_pages_jobs.py.)"""
 from __future__ import annotations
 
 import io
-import math
+import json
 import time
 
 import pytest
@@ -15,9 +16,10 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from services.crawler.login import LoginStatePublisher
 from shared.jobs import JobStore
-from shared.jobspec import PredictSpec, TrainSpec
-from shared.messages import JobEvent
+from shared.jobspec import TrainSpec
+from shared import redis_keys
 from tests.control.conftest import sign_in
+from tests.control.pages import click_when_stable, screenshot, table_rows, wait_rendered
 
 pytestmark = pytest.mark.browser
 
@@ -33,10 +35,12 @@ def card_states(driver) -> dict[int, str]:
             for c in driver.find_elements(By.CSS_SELECTOR, "#ranks .card")}
 
 
-def test_login_page_shows_every_rank_and_follows_logins(control, redis_client, browser):
-    publishers = {rank: LoginStatePublisher(redis_client, rank, "shop") for rank in range(4)}
+def test_login_page_shows_every_rank_and_follows_logins(control, redis_client, browser, tmp_path):
+    publishers = {rank: LoginStatePublisher(redis_client, rank, "shop", "http://127.0.0.1:8765")
+                  for rank in range(4)}
     for rank in range(3):
-        publishers[rank].publish("waiting_for_scan", qr_png=qr_png(f"cnclip-shop-login:token-{rank}"))
+        publishers[rank].publish("waiting_for_scan", qr_png=qr_png(f"cnclip-shop-login:token-{rank}"),
+                                 qr_lifetime_s=100 + 60 * rank)
     publishers[3].publish("logged_in")
 
     sign_in(browser, control, "/login")
@@ -52,8 +56,23 @@ def test_login_page_shows_every_rank_and_follows_logins(control, redis_client, b
         shot = Image.open(io.BytesIO(img.screenshot_as_png))
         decoded = [r.text for r in zxingcpp.read_barcodes(shot)]
         assert decoded == [f"cnclip-shop-login:token-{rank}"]
+        # Big enough for a phone across a desk: at least 300 CSS pixels a side.
+        assert img.size["width"] >= 300 and img.size["height"] >= 300
     assert not browser.find_elements(By.CSS_SELECTOR, "#rank-3 img.qr")
     assert "waiting for scan" in browser.find_element(By.CSS_SELECTOR, "#rank-0 .badge").text
+    # The site each rank logs into, and how long its code lasts, counting down by itself.
+    site = browser.find_element(By.CSS_SELECTOR, "#rank-0 .site")
+    assert site.text == "logs into shop (127.0.0.1:8765)"
+    assert site.find_element(By.TAG_NAME, "a").get_attribute("href") == "http://127.0.0.1:8765/"
+
+    def seconds_left(rank):
+        return int(browser.find_element(By.CSS_SELECTOR, f"#rank-{rank} .expiry").get_attribute("data-seconds-left"))
+    first = {rank: seconds_left(rank) for rank in range(3)}
+    assert 90 <= first[0] <= 100 and 150 <= first[1] <= 160 and 210 <= first[2] <= 220, first
+    assert browser.find_element(By.CSS_SELECTOR, "#rank-1 .expiry").text.startswith("code valid for 2:")
+    wait.until(lambda d: seconds_left(0) <= first[0] - 2)
+    assert browser.find_element(By.CSS_SELECTOR, "#rank-3 .expiry").text == ""
+    screenshot(browser, tmp_path, "login")
 
     # A person scans the codes one after the other: each card turns green by itself.
     for rank in (1, 0, 2):
@@ -72,122 +91,51 @@ def test_login_page_shows_every_rank_and_follows_logins(control, redis_client, b
         ["0", "1", "2", "3", "7"]
 
 
-def _publish_training_history(store: JobStore, job_id: str) -> None:
-    store.transition(job_id, "running")
-    for step in range(1, 21):
-        store.append_event(job_id, JobEvent(type="train_step", data={
-            "step": step, "total_steps": 40, "epoch": 1, "loss": 3.0 / step, "lr": 1e-4 * step / 20,
-            "samples_per_s": 100 + step}))
-        if step % 5 == 0:
-            store.append_event(job_id, JobEvent(type="validation", data={
-                "step": step, "r1": step, "r5": 2 * step, "r10": 3 * step, "mr": 2 * step}))
-            store.append_event(job_id, JobEvent(type="online", data={
-                "requested": 8, "received": 7, "failures": 1, "cache_hits": 2, "wait_s": 0.5}))
-    store.update(job_id, progress={"step": 20, "total_steps": 40, "phase": "train", "loss": 0.15,
-                                   "eta_s": 65, "validation": {"r1": 20, "r5": 40, "r10": 60, "mr": 40}})
-
-
-def _polyline_points(driver, chart_id: str) -> list[int]:
-    return [len(p.get_attribute("points").split())
-            for p in driver.find_elements(By.CSS_SELECTOR, f"#{chart_id} svg polyline")]
-
-
-def test_status_page_draws_its_charts(control, redis_client, browser):
+def test_status_page_shows_the_crawler_pool_per_rank(control, redis_client, browser, tmp_path):
+    LoginStatePublisher(redis_client, 0, "shop").publish("logged_in")
+    LoginStatePublisher(redis_client, 1, "shop").publish("waiting_for_scan", qr_png=qr_png("cnclip-shop-login:x"))
+    redis_client.hset(redis_keys.crawler_stats(0), mapping={
+        "pages": 40, "queries": 12, "images": 55, "failures": 3, "last_seen": time.time(),
+        "current": "req-1", "current_query": "红色条纹T恤"})
+    redis_client.hset(redis_keys.crawler_stats(1), mapping={"pages": 0, "failures": 0})
+    for reason, query in (("timeout", "蓝色鞋"), ("not_an_image", "紫色格子裙")):
+        redis_client.xadd(redis_keys.crawl_failures(), {"meta": json.dumps(
+            {"job_id": "j", "request_id": "r", "split": "valid", "query": query, "url": "http://x/1.jpg",
+             "reason": reason, "rank": 0, "ts": time.time()}, ensure_ascii=False)})
     store = JobStore(redis_client)
-    train, _ = store.create(TrainSpec(train_data="d/train", online="live"))
-    _publish_training_history(store, train.id)
-    ensemble, _ = store.create(PredictSpec(mode="ensemble", image_data="i", text_data="t",
-                                           members=["resume/model-1.pt", "resume/model-2.pt"]))
-    store.transition(ensemble.id, "running")
-    for member, weight, progress in (("model-1.pt", 0.25, 1.0), ("model-2.pt", 0.75, 0.5)):
-        store.append_event(ensemble.id, JobEvent(type="ensemble", data={
-            "member": member, "weight": weight, "progress": progress}))
-    store.append_event(ensemble.id, JobEvent(type="ensemble", data={
-        "member": "fused", "metrics": {"r1": 41.0, "r5": 70.0, "r10": 80.0, "mr": 63.7}}))
-    publisher = LoginStatePublisher(redis_client, 0, "shop")
-    publisher.publish("logged_in")
-    redis_client.hset("cnclip:crawler:0:stats", mapping={"pages": 12})
+    job, _ = store.create(TrainSpec(train_data="d/train", name="crawl-run"))
 
-    sign_in(browser, control, f"/status?job={train.id}")
-    wait = WebDriverWait(browser, 30)
-    wait.until(lambda d: d.find_element(By.ID, "status-root").get_attribute("data-rendered") == train.id)
-    assert _polyline_points(browser, "chart-loss") == [20]
-    assert _polyline_points(browser, "chart-lr") == [20]
-    assert _polyline_points(browser, "chart-throughput") == [20]
-    assert _polyline_points(browser, "chart-recall") == [4, 4, 4, 4]  # R@1, R@5, R@10, MR
-    assert _polyline_points(browser, "chart-online") == [4, 4, 4, 4]
-    assert _polyline_points(browser, "chart-online-wait") == [4]
-    # Lower loss is drawn higher up the SVG's y axis inverted: the line falls left to right.
-    points = browser.find_element(By.CSS_SELECTOR, "#chart-loss polyline").get_attribute("points").split()
-    ys = [float(p.split(",")[1]) for p in points]
-    assert ys[0] < ys[-1]
-    facts = browser.find_element(By.ID, "job-facts").text
-    assert "20 / 40" in facts and "1m 5s" in facts
-    assert browser.find_elements(By.CSS_SELECTOR, "#chart-crawler svg rect.bar")
-    assert "1 logged in" in browser.find_element(By.ID, "crawler-summary").text
+    sign_in(browser, control, f"/status?job={job.id}")
+    wait_rendered(browser, job.id)
+    wait = WebDriverWait(browser, 20)
+    wait.until(lambda d: len(table_rows(d, "crawler-table")) == 2)
+    rank0, rank1 = table_rows(browser, "crawler-table")
+    # Rank, login, pages/min, pages, failures, last failure, crawling now.
+    assert rank0[:2] == ["0", "logged in"] and rank0[3:7] == ["40", "3", "not_an_image", "红色条纹T恤"]
+    assert rank1[:2] == ["1", "waiting for scan scan its QR"] and rank1[4:7] == ["0", "-", "idle"]
+    links = browser.execute_script("""return Array.from(document.querySelectorAll('#crawler-table a.qr-link'))
+        .map(function (a) { return [a.closest('tr').dataset.rank, a.href]; });""")
+    assert [(rank, href.split("/", 3)[-1]) for rank, href in links] == [("1", "login#rank-1")]
+    assert "2 ranks \u00b7 1 logged in" in browser.find_element(By.ID, "crawler-summary").text
+    # Pages per minute follow the counter's growth between reads.
+    redis_client.hset(redis_keys.crawler_stats(0), "pages", 400)
+    wait.until(lambda d: table_rows(d, "crawler-table")[0][2] not in ("-", "0"))
+    assert float(table_rows(browser, "crawler-table")[0][2]) > 0
+    screenshot(browser, tmp_path, "status-crawler-pool")
 
-    browser.find_element(By.CSS_SELECTOR, f"tr[data-job='{ensemble.id}']").click()
-    wait.until(lambda d: d.find_element(By.ID, "status-root").get_attribute("data-rendered") == ensemble.id)
-    bars = browser.find_elements(By.CSS_SELECTOR, "#chart-ensemble svg rect.bar")
-    assert len(bars) == 4  # weight and progress of each member
-    widths = [float(b.get_attribute("width")) for b in bars]
-    assert widths[0] < widths[2]  # weight 0.25 drawn shorter than 0.75
-    assert "fused r1: 41" in browser.find_element(By.ID, "ensemble-metrics").text
-
-    # Live: new steps of the running job appear without a reload.
-    browser.find_element(By.CSS_SELECTOR, f"tr[data-job='{train.id}']").click()
-    store.append_event(train.id, JobEvent(type="train_step", data={"step": 21, "total_steps": 40, "loss": 0.1}))
-    wait.until(lambda d: _polyline_points(d, "chart-loss") == [21])
+    # The link leads to that rank's code on /login.
+    click_when_stable(browser, "#crawler-table tr[data-rank='1'] a.qr-link")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#rank-1 img.qr"))
+    assert browser.current_url.endswith("/login#rank-1")
 
 
-def _crawler_chart_sizes(driver) -> dict[str, float]:
-    """Rendered sizes, in CSS pixels, of the crawler pool chart's tallest label and bar."""
-    return driver.execute_script("""
-        var labels = document.querySelectorAll('#chart-crawler svg text');
-        var bars = document.querySelectorAll('#chart-crawler svg rect.bar');
-        function tallest(nodes) {
-          return Math.max.apply(null, Array.from(nodes).map(function (n) { return n.getBoundingClientRect().height; }));
-        }
-        return {label: tallest(labels), bar: tallest(bars), bars: bars.length};""")
-
-
-def _y_tick_labels(driver, chart_id: str) -> list[str]:
-    """The y axis labels, bottom to top (right-aligned texts of the axes, less the x axis title)."""
-    texts = driver.find_elements(By.CSS_SELECTOR, f"#{chart_id} svg .axes text[text-anchor='end']")
-    ticks = [(t.rect["y"], t.text) for t in texts if t.text != "step"]
-    return [label for _, label in sorted(ticks, reverse=True)]
-
-
-def test_status_page_keeps_text_small_and_tick_labels_distinct(control, redis_client, browser):
+def test_cancel_button_cancels_the_job(control, redis_client, browser):
     store = JobStore(redis_client)
-    train, _ = store.create(TrainSpec(train_data="d/train"))
-    store.transition(train.id, "running")
-    for step in range(1, 21):  # a loss that barely moves: 3.48 down to 3.46
-        store.append_event(train.id, JobEvent(type="train_step", data={
-            "step": step, "total_steps": 40, "loss": 3.48 - 0.02 * (step - 1) / 19}))
-    LoginStatePublisher(redis_client, 0, "shop").publish("waiting_for_scan")
-
-    sign_in(browser, control, f"/status?job={train.id}")
-    wait = WebDriverWait(browser, 30)
-    wait.until(lambda d: d.find_element(By.ID, "status-root").get_attribute("data-rendered") == train.id)
-    wait.until(lambda d: _crawler_chart_sizes(d)["bars"] == 2)  # rank 0 and the queue depth
-
-    labels = _y_tick_labels(browser, "chart-loss")
-    assert len(labels) >= 3
-    assert all(a != b for a, b in zip(labels, labels[1:])), labels
-    values = [float(v) for v in labels]
-    assert values == sorted(values) and values[0] <= 3.46 and values[-1] >= 3.48
-    steps = {round(b - a, 9) for a, b in zip(values, values[1:])}
-    assert len(steps) == 1  # evenly spaced, at one round step
-    step = steps.pop()
-    mantissa = step / 10 ** math.floor(math.log10(step))
-    assert any(math.isclose(mantissa, nice) for nice in (1, 2, 2.5, 5)), step
-
-    # The crawler pool chart spans the page; its text stays at the size of the other charts'.
-    sizes = _crawler_chart_sizes(browser)
-    assert sizes["label"] < 20 and sizes["bar"] < 20, sizes
-    for rank in range(1, 32):
-        LoginStatePublisher(redis_client, rank, "shop").publish("logged_in")
-    wait.until(lambda d: _crawler_chart_sizes(d)["bars"] == 33)
-    sizes = _crawler_chart_sizes(browser)
-    assert 5 < sizes["label"] < 20 and sizes["bar"] < 20, sizes
+    job, _ = store.create(TrainSpec(train_data="d/train", name="to-cancel"))
+    sign_in(browser, control, f"/status?job={job.id}")
+    wait_rendered(browser, job.id, state="queued")
+    browser.find_element(By.ID, "cancel-job").click()
+    WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "cancel-result").text == "Cancel requested.")
+    assert store.get(job.id).state == "cancelled"
+    wait_rendered(browser, job.id, state="cancelled")
+    assert not browser.find_element(By.ID, "cancel-job").is_displayed()

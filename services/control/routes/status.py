@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse, Response
 from shared import redis_keys
 from shared.jobs import STATES
 from services.control.crawler_pool import crawler_pool
+from services.control.job_view import job_run, view_kind
 from services.control.routes.jobs import JOB_ID_PATTERN
 from services.control.security import COMMON_RESPONSES, bearer
 from services.control.state import ControlState, get_state
@@ -20,7 +21,7 @@ router = APIRouter(tags=["status"], dependencies=[Depends(bearer)], responses=CO
 _SUMMARY_FIELDS = ("id", "kind", "state", "reason", "created_at", "updated_at", "started_at",
                    "finished_at", "attempts", "progress", "result", "spec", "heartbeat_at")
 _SPEC_FIELDS = ("name", "mode", "online", "nnodes", "nproc_per_node", "members", "weights",
-                "max_steps", "max_epochs", "online_max_epochs")
+                "max_steps", "max_epochs", "online_max_epochs", "resume", "score_dir")
 
 
 def _summary(values: list) -> dict[str, Any] | None:
@@ -32,6 +33,8 @@ def _summary(values: list) -> dict[str, Any] | None:
             out[key] = json.loads(raw)
     spec = out.pop("spec", {}) or {}
     out["spec"] = {k: spec[k] for k in _SPEC_FIELDS if k in spec}
+    kind = out.get("kind", "train")
+    out["view"] = {"kind": view_kind(kind, spec), "run": job_run(out["id"], kind, spec)}
     return out
 
 

@@ -1,186 +1,187 @@
-/* The status page: the job list and crawler pool from /api/status, the selected job's charts
-   from /jobs/{id}/series, refreshed every two seconds while anything runs. */
+/* The status page: the jobs list and the crawler pool from /api/status, the selected job's
+   panels from /jobs/{id}/series, refreshed every two seconds. A job's view has its own URL
+   (/status?job=ID); the browser's back button walks through the jobs looked at. */
 (function () {
   "use strict";
+  var F = window.Fmt;
   var root = document.getElementById("status-root");
   var selected = root.dataset.selected || "";
-  var lastSeriesJob = null, lastSeriesState = null;
+  var lastSeries = {job: null, state: null};
   var TERMINAL = {succeeded: 1, failed: 1, cancelled: 1};
+  var KIND_LABELS = {train: "training", single: "prediction", ensemble: "ensemble", online: "test-time online"};
+  var LOGIN_LABELS = {starting: "starting", waiting_for_scan: "waiting for scan", logged_in: "logged in",
+                      expired: "code expired", error: "error"};
 
   function $(id) { return document.getElementById(id); }
-  function text(node, value) { node.textContent = value; return node; }
-  function td(tr, value) { return text(tr.appendChild(document.createElement("td")), value); }
-  function fmt(v) { return v === undefined || v === null ? "-" : Charts.format(+v); }
-  function duration(s) {
-    if (s === undefined || s === null || !isFinite(s)) { return "-"; }
-    s = Math.round(s);
-    var h = Math.floor(s / 3600), m = Math.floor(s % 3600 / 60), sec = s % 60;
-    return (h ? h + "h " : "") + (h || m ? m + "m " : "") + sec + "s";
-  }
   function fetchJson(url) {
     return fetch(url, {credentials: "same-origin"}).then(function (r) {
       return r.ok ? r.json() : Promise.reject(new Error(url + ": " + r.status));
     });
   }
+  function td(tr, value, cls) {
+    var cell = tr.appendChild(document.createElement("td"));
+    cell.textContent = value === undefined || value === null ? "-" : String(value);
+    if (cls) { cell.className = cls; }
+    return cell;
+  }
+  function badge(parent, state, label) {
+    var b = parent.appendChild(document.createElement("span"));
+    b.className = "badge state-" + state;
+    b.textContent = label || state;
+    return b;
+  }
+  function elapsed(job, now) {
+    return job.started_at ? (job.finished_at || now) - job.started_at : null;
+  }
 
-  function progressText(job) {
-    var p = job.progress || {};
-    if (p.step !== undefined && p.total_steps) { return p.step + " / " + p.total_steps; }
-    if (p.phase) { return p.phase; }
-    return "";
+  function select(jobId, push) {
+    if (jobId === selected) { return; }
+    selected = jobId;
+    lastSeries.job = null;
+    if (push) { history.pushState({job: jobId}, "", "/status?job=" + encodeURIComponent(jobId)); }
+    refresh();
   }
 
   function renderJobs(data) {
     var body = $("jobs-table").querySelector("tbody");
-    body.innerHTML = "";
-    var counts = [];
-    for (var k in data.shown_counts) { if (data.shown_counts[k]) { counts.push(data.shown_counts[k] + " " + k); } }
-    text($("job-counts"), data.total_jobs + " total" + (counts.length ? " \u00b7 " + counts.join(", ") : ""));
+    body.textContent = "";
+    var counts = Object.keys(data.shown_counts).filter(function (k) { return data.shown_counts[k]; })
+      .map(function (k) { return data.shown_counts[k] + " " + k; });
+    $("job-counts").textContent = data.total_jobs + " total" + (counts.length ? " \u00b7 " + counts.join(", ") : "");
     if (!selected && data.jobs.length) {
       var running = data.jobs.find(function (j) { return j.state === "running"; });
       selected = (running || data.jobs[0]).id;
+      history.replaceState({job: selected}, "", "/status?job=" + encodeURIComponent(selected));
     }
     data.jobs.forEach(function (job) {
       var tr = body.appendChild(document.createElement("tr"));
       tr.dataset.job = job.id;
       if (job.id === selected) { tr.className = "selected"; }
-      td(tr, job.id);
-      td(tr, job.kind + (job.spec.mode ? " (" + job.spec.mode + ")" : ""));
-      var badge = document.createElement("span");
-      badge.className = "badge state-" + job.state;
-      badge.textContent = job.state;
-      tr.appendChild(document.createElement("td")).appendChild(badge);
-      td(tr, progressText(job));
-      tr.addEventListener("click", function () { selected = job.id; lastSeriesJob = null; refresh(); });
+      var link = tr.appendChild(document.createElement("td")).appendChild(document.createElement("a"));
+      link.href = "/status?job=" + encodeURIComponent(job.id);
+      link.textContent = job.view.run || job.id;
+      link.title = job.id;
+      td(tr, KIND_LABELS[job.view.kind] || job.kind);
+      td(tr, job.kind === "train" ? "-" : job.spec.mode);
+      td(tr, job.spec.online || "off");
+      td(tr, F.clock(job.started_at || job.created_at), "num");
+      td(tr, F.duration(elapsed(job, data.now)), "num");
+      badge(tr.appendChild(document.createElement("td")), job.state);
+      tr.addEventListener("click", function (ev) {
+        ev.preventDefault();  // the link is there for a new tab; a plain click stays on the page
+        select(job.id, true);
+      });
     });
-    var job = data.jobs.find(function (j) { return j.id === selected; });
-    if (job) { renderFacts(job, data.now); }
-    renderCrawler(data.crawler);
-    return job;
+    return data.jobs.find(function (j) { return j.id === selected; });
   }
 
-  function renderFacts(job, now) {
+  function renderFacts(job, now, waiting) {
     var p = job.progress || {};
-    text($("job-title"), job.id + " \u00b7 " + job.kind + " \u00b7 " + job.state);
-    var facts = [["Phase", p.phase || "-"],
-                 ["Step", p.step !== undefined ? p.step + (p.total_steps ? " / " + p.total_steps : "") : "-"],
-                 ["Epoch", fmt(p.epoch)], ["ETA", job.state === "running" ? duration(p.eta_s) : "-"],
-                 ["Loss", fmt(p.loss)], ["Samples/s", fmt(p.samples_per_s)],
-                 ["Online", job.spec.online || "off"], ["Attempts", job.attempts || 0]];
-    if (job.started_at) {
-      facts.push(["Elapsed", duration((job.finished_at || now) - job.started_at)]);
+    $("job-title").textContent = (job.view.run || job.id) + " \u00b7 " + (KIND_LABELS[job.view.kind] || job.kind);
+    var state = $("job-state");
+    state.textContent = "";
+    badge(state, job.state);
+    var link = $("job-link");
+    link.href = "/status?job=" + encodeURIComponent(job.id);
+    link.textContent = job.id;
+    var facts = [["Started", F.clock(job.started_at)], ["Duration", F.duration(elapsed(job, now))]];
+    if (job.view.kind === "train") {
+      facts.push(["Step", F.isNum(p.step) ? p.step + (p.total_steps ? " / " + p.total_steps : "") : "-"],
+                 ["Epoch", F.num(p.epoch)], ["ETA", job.state === "running" ? F.duration(p.eta_s) : "-"],
+                 ["Loss", F.num(p.loss)], ["Samples/s", F.num(p.samples_per_s)]);
+    } else {
+      facts.push(["Mode", job.spec.mode || "-"]);
     }
-    var v = p.validation;
-    if (v) { facts.push(["Val R@1/5/10 MR", [v.r1, v.r5, v.r10, v.mr].map(fmt).join(" / ")]); }
-    var r = job.result && job.result.metrics;
-    if (r) { facts.push(["Result", Object.keys(r).filter(function (k) { return typeof r[k] === "number"; })
-                                     .map(function (k) { return k + " " + fmt(r[k]); }).join(", ")]); }
+    facts.push(["Phase", p.phase || "-"], ["Online", job.spec.online || "off"], ["Attempts", job.attempts || 0]);
     var box = $("job-facts");
-    box.innerHTML = "";
+    box.textContent = "";
     facts.forEach(function (f) {
       var s = box.appendChild(document.createElement("span"));
       s.appendChild(document.createElement("b")).textContent = f[0] + ": ";
       s.appendChild(document.createTextNode(f[1]));
       if (f[0] === "Step" && p.total_steps) {
-        var bar = s.appendChild(document.createElement("span"));
-        bar.className = "progress";
-        bar.appendChild(document.createElement("i")).style.width = Math.min(100, 100 * p.step / p.total_steps) + "%";
+        var bar = s.appendChild(document.createElement("progress"));
+        bar.max = p.total_steps;
+        bar.value = Math.min(p.step || 0, p.total_steps);
       }
     });
-    text($("job-reason"), job.reason || "");
+    $("job-reason").textContent = job.reason || "";
+    $("login-wait").hidden = !(waiting || p.phase === "waiting_for_login");
+    $("cancel-job").hidden = !!TERMINAL[job.state];
+    $("cancel-job").dataset.job = job.id;
   }
 
-  function points(list, key, x) {
-    return list.filter(function (p) { return typeof p[key] === "number"; })
-               .map(function (p, i) { return [x ? p[x] : i + 1, p[key]]; });
-  }
-
-  /* Progress as the trainer reports it: a fraction, "i/n", or a word for the stage. */
-  function progressFraction(p) {
-    if (typeof p === "number") { return Math.max(0, Math.min(1, p)); }
-    if (typeof p !== "string") { return 0; }
-    var m = /^(\d+)\s*\/\s*(\d+)$/.exec(p);
-    if (m) { return +m[2] ? +m[1] / +m[2] : 0; }
-    if (p === "done" || p === "scored" || p === "reused") { return 1; }
-    if (p === "encoding") { return 0.5; }
-    return 0;
-  }
-
-  function renderSeries(s) {
-    var train = s.train || [];
-    var stepX = train.length && train[0].step !== undefined && train[0].step !== null ? "step" : null;
-    Charts.line($("chart-loss"), [{name: "loss", points: points(train, "loss", stepX)}], {xLabel: "step"});
-    Charts.line($("chart-lr"), [{name: "lr", points: points(train, "lr", stepX)}], {xLabel: "step"});
-    Charts.line($("chart-throughput"), [{name: "samples/s", points: points(train, "samples_per_s", stepX)}],
-                {xLabel: "step", yMin: 0});
-    var val = s.validation || [];
-    var vx = val.length && val[0].step !== undefined && val[0].step !== null ? "step" : null;
-    Charts.line($("chart-recall"), ["r1", "r5", "r10", "mr"].map(function (k) {
-      return {name: k === "mr" ? "MR" : "R@" + k.slice(1), points: points(val, k, vx)};
-    }), {xLabel: "step", yMin: 0, emptyText: "no validation yet"});
-    var online = s.online || [];
-    Charts.line($("chart-online"), ["requested", "received", "failures", "cache_hits"].map(function (k) {
-      return {name: k.replace("_", " "), points: points(online, k, "index")};
-    }), {xLabel: "online batch", yMin: 0, emptyText: "no online learning"});
-    Charts.line($("chart-online-wait"), [{name: "wait s", points: points(online, "wait_s", "index")}],
-                {xLabel: "online batch", yMin: 0, emptyText: "no online learning"});
-    var members = s.ensemble || {};
-    var names = Object.keys(members);
-    $("ensemble-box").style.display = names.length ? "" : "none";
-    var items = [];
-    names.filter(function (n) { return n !== "fused"; }).forEach(function (name) {
-      var m = members[name];
-      var prog = progressFraction(m.progress);
-      var source = m.checkpoint || m.scores || "";
-      var label = source ? source.split("/").pop() : "member " + name;
-      label = label.length > 18 ? "\u2026" + label.slice(-17) : label;
-      items.push({label: label + " w", value: +m.weight || 0, max: 1, note: fmt(m.weight)});
-      items.push({label: label + " done", value: prog, max: 1, color: "#9aa0ad",
-                  note: typeof m.progress === "string" ? m.progress : Math.round(prog * 100) + "%"});
-    });
-    Charts.bars($("chart-ensemble"), items, {max: 1, labelWidth: 150, emptyText: "no members"});
-    var fused = members.fused && members.fused.metrics || (s.result && s.result.metrics);
-    var box = $("ensemble-metrics");
-    box.innerHTML = "";
-    if (fused) {
-      Object.keys(fused).forEach(function (k) {
-        var span = box.appendChild(document.createElement("span"));
-        span.appendChild(document.createElement("b")).textContent = "fused " + k + ": ";
-        span.appendChild(document.createTextNode(fmt(fused[k])));
-      });
-    }
-  }
-
-  function renderCrawler(pool) {
-    text($("crawler-summary"), pool.ranks.length + " ranks \u00b7 " + pool.logged_in +
-         " logged in \u00b7 queue " + pool.queue_depth);
+  function renderCrawler(pool, now) {
+    $("crawler-summary").textContent = pool.ranks.length + " ranks \u00b7 " + pool.logged_in +
+      " logged in \u00b7 queue " + pool.queue_depth;
     var body = $("crawler-table").querySelector("tbody");
-    body.innerHTML = "";
-    var colors = {logged_in: "#1e9e50", waiting_for_scan: "#e0a100", expired: "#d9534f", error: "#b00020"};
-    var items = pool.ranks.map(function (r) {
+    body.textContent = "";
+    var fastest = Math.max.apply(null, [1].concat(pool.ranks.map(function (r) { return +r.pages_per_min || 0; })));
+    pool.ranks.forEach(function (r) {
       var tr = body.appendChild(document.createElement("tr"));
-      td(tr, r.rank); td(tr, r.state); td(tr, fmt(r.pages_per_min)); td(tr, fmt(r.pages)); td(tr, fmt(r.failures));
-      return {label: "rank " + r.rank + " (" + r.state + ")", value: +r.pages_per_min || 0,
-              color: colors[r.state] || "#5b8def"};
+      tr.dataset.rank = r.rank;
+      td(tr, r.rank, "num");
+      var login = tr.appendChild(document.createElement("td"));
+      badge(login, r.state, LOGIN_LABELS[r.state]);
+      if (r.state !== "logged_in") {
+        login.appendChild(document.createTextNode(" "));
+        var a = login.appendChild(document.createElement("a"));
+        a.className = "qr-link";
+        a.href = r.login_url;
+        a.textContent = r.state === "waiting_for_scan" ? "scan its QR" : "open login";
+      }
+      var rate = td(tr, F.num(r.pages_per_min), "num rate");
+      var bar = rate.appendChild(document.createElement("meter"));
+      bar.max = fastest;
+      bar.value = +r.pages_per_min || 0;
+      td(tr, F.num(r.pages), "num");
+      td(tr, F.num(r.failures), "num");
+      var why = td(tr, r.last_failure ? r.last_failure.reason : null, "reason-cell");
+      if (r.last_failure) { why.title = (r.last_failure.query || "") + " \u00b7 " + F.ago(r.last_failure.ts, now); }
+      td(tr, r.current_query || "idle", r.current_query ? "query" : "muted");
+      td(tr, F.ago(r.last_seen || r.updated_at, now));
     });
-    items.push({label: "queue depth", value: pool.queue_depth, color: "#9b4dca"});
-    Charts.bars($("chart-crawler"), items, {labelWidth: 190});
+    $("crawler-empty").hidden = pool.ranks.length > 0;
   }
 
   function refresh() {
     return fetchJson("/api/status").then(function (data) {
       var job = renderJobs(data);
+      renderCrawler(data.crawler, data.now);
+      $("job-detail").hidden = !job;
       if (!job) { return data; }
-      var needSeries = lastSeriesJob !== job.id || !TERMINAL[lastSeriesState] || lastSeriesState !== job.state;
-      if (!needSeries) { return data; }
+      var fresh = lastSeries.job !== job.id || !TERMINAL[lastSeries.state] || lastSeries.state !== job.state;
+      if (!fresh) { renderFacts(job, data.now, false); return data; }
       return fetchJson("/jobs/" + encodeURIComponent(job.id) + "/series").then(function (s) {
-        lastSeriesJob = job.id; lastSeriesState = job.state;
-        renderSeries(s);
+        if (job.id !== selected) { return data; }  // another job was picked meanwhile
+        lastSeries = {job: job.id, state: job.state};
+        renderFacts(job, data.now, s.waiting_for_login);
+        window.JobPanels.render(job.view.kind, s, job, data.now);
         root.dataset.rendered = job.id;
+        root.dataset.renderedState = job.state;
         return data;
       });
-    }).catch(function (e) { text($("job-reason"), String(e)); });
+    }).catch(function (e) { $("status-error").textContent = String(e); });
   }
+
+  $("cancel-job").addEventListener("click", function () {
+    var id = this.dataset.job, button = this;
+    button.disabled = true;
+    // Same-origin POST: the browser sends Origin, which the service checks against cross-site use.
+    fetch("/jobs/" + encodeURIComponent(id) + "/cancel", {method: "POST", credentials: "same-origin"})
+      .then(function (r) {
+        return r.json().then(function (body) {
+          $("cancel-result").textContent = r.ok ? "Cancel requested." : "Not cancelled: " + (body.detail || r.status);
+        });
+      })
+      .catch(function (e) { $("cancel-result").textContent = "Not cancelled: " + e; })
+      .then(function () { button.disabled = false; refresh(); });
+  });
+
+  window.addEventListener("popstate", function () {
+    var job = new URLSearchParams(location.search).get("job") || "";
+    if (job) { select(job, false); }
+  });
 
   refresh();
   setInterval(refresh, 2000);
