@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The main demo, on this machine and CPU only: installs what is missing, makes a small synthetic
 # data set (MUGE format + LMDB) under the data root, starts the whole stack (Redis, the demo
-# shop, a crawler, the job runner, the control service), trains a tiny model and predicts with
-# it through the control API while printing progress, shows the metrics, and stops the stack.
+# shop, a crawler, the job runner, the control service), trains a tiny model offline and online
+# (learning from the crawler's pictures of each validation query) through the control API,
+# predicts with both and with test-time online learning, prints recall on seen and unseen
+# concepts side by side, and stops the stack.
 #
 # Installs and the stack's start and stop write to a log file (one line per stage here); the
 # jobs' progress is printed as it comes.
@@ -83,27 +85,41 @@ run_job() {
   LAST_JOB=$job
 }
 
-run_training() {
-  RUN_NAME=demo-$(date +%Y%m%d-%H%M%S)
-  run_job "training $RUN_NAME" train "$(cat <<JSON
-{"name": "$RUN_NAME", "train_data": "$DATASET/lmdb/train", "val_data": "$DATASET/lmdb/valid",
+# TRAIN_SPEC NAME ONLINE: the demo's training job, offline or online (live: the crawler pool).
+train_spec() {
+  cat <<JSON
+{"name": "$1", "train_data": "$DATASET/lmdb/train", "val_data": "$DATASET/lmdb/valid",
  "max_steps": ${DEMO_STEPS:-200}, "batch_size": 32, "valid_batch_size": 32, "lr": 0.003, "wd": 0.01, "warmup": 10,
- "valid_step_interval": 50, "log_interval": 10, "num_workers": 0, "valid_num_workers": 0, $MODEL}
+ "valid_step_interval": 50, "log_interval": 10, "num_workers": 0, "valid_num_workers": 0,
+ "online": "$2", "online_images": 5, $MODEL}
 JSON
-)"
 }
-
-run_prediction() {
-  run_job "prediction with $RUN_NAME" predict "$(cat <<JSON
+predict_spec() {  # CHECKPOINT ONLINE
+  cat <<JSON
 {"mode": "single", "image_data": "$DATASET/lmdb/test", "text_data": "$DATASET/test_texts.jsonl",
- "resume": "experiments/$RUN_NAME/checkpoints/epoch_latest.pt", $MODEL}
+ "resume": "$1", "online": "$2", "online_max_epochs": 5, $MODEL}
 JSON
-)"
-  echo "== test recall by concept (chance R@1 is about 1 in the gallery size)"
-  $PY scripts/demo_client.py concepts "$CNCLIP_DATA_ROOT/$DATASET" \
-      "$CNCLIP_DATA_ROOT/experiments/results/${LAST_JOB}_predictions.jsonl"
 }
-
+STAMP=$(date +%Y%m%d-%H%M%S)
+PREDICTIONS=()  # "label=predictions file" of every prediction, for the comparison
+run_training() {  # NAME ONLINE
+  run_job "training $1 (online $2)" train "$(train_spec "$1" "$2")"
+}
+run_prediction() {  # LABEL RUN ONLINE
+  run_job "prediction: $1" predict "$(predict_spec "experiments/$2/checkpoints/epoch_latest.pt" "$3")"
+  PREDICTIONS+=("$1=$CNCLIP_DATA_ROOT/experiments/results/${LAST_JOB}_predictions.jsonl")
+}
+log_in_crawler() {
+  echo
+  echo "== crawler login: the crawler waits at the shop's QR code ($BASE_URL/login)."
+  echo "   Standing in for the phone, the demo reads that QR code and confirms it at the shop."
+  $PY scripts/demo_client.py scan
+}
+compare_runs() {
+  echo
+  echo "== test recall by concept (unseen: a colour or category never in the training set)"
+  $PY scripts/demo_client.py compare "$CNCLIP_DATA_ROOT/$DATASET" "${PREDICTIONS[@]}"
+}
 show_metrics() {
   echo
   echo "== service metrics (Prometheus, $BASE_URL/metrics)"
@@ -139,7 +155,12 @@ stage "installing system packages and the Python environment (first run: several
     bash scripts/bootstrap.sh
 stage "making a synthetic data set in $CNCLIP_DATA_ROOT/$DATASET" make_dataset
 start_stack
-run_training
-run_prediction
+run_training "demo-$STAMP-offline" off
+log_in_crawler
+run_training "demo-$STAMP-online" live
+run_prediction "offline" "demo-$STAMP-offline" off
+run_prediction "online" "demo-$STAMP-online" off
+run_prediction "offline + test-time online (5 passes)" "demo-$STAMP-offline" live
+compare_runs
 show_metrics
 closing_words

@@ -4,7 +4,10 @@ events until it ends, prints the outcome. Used by scripts/demo.sh.
     python scripts/demo_client.py train|predict SPEC_JSON    prints the job id
     python scripts/demo_client.py follow JOB_ID              progress lines, then the result
     python scripts/demo_client.py concepts DATASET PREDICTIONS recall on seen and unseen concepts
-Reads CNCLIP_CONTROL_PORT and CNCLIP_CONTROL_TOKEN from the environment."""
+    python scripts/demo_client.py compare DATASET LABEL=PREDICTIONS...  the same, side by side
+    python scripts/demo_client.py scan                       plays the phone: scans each waiting
+                                                             crawler's QR from /login and confirms it
+Reads CNCLIP_CONTROL_PORT, CNCLIP_CONTROL_TOKEN and CNCLIP_SHOP_PORT from the environment."""
 from __future__ import annotations
 
 import json
@@ -80,6 +83,66 @@ def follow(job_id: str) -> int:
     return 0 if job["state"] == "succeeded" else 1
 
 
+def scan(timeout: float = 120.0) -> int:
+    """What a phone does with the QR code on /login: read it (the image the control service
+    shows) and confirm the login it names at the shop. The shop's app would do the confirming;
+    here its phone endpoint is called directly."""
+    import io
+    import time
+
+    import zxingcpp
+    from PIL import Image
+
+    shop = f"http://127.0.0.1:{os.environ.get('CNCLIP_SHOP_PORT', '8600')}"
+    deadline = time.monotonic() + timeout
+    with _client() as client:
+        while time.monotonic() < deadline:
+            ranks = client.get("/api/login").json()
+            if ranks and all(r["state"] == "logged_in" for r in ranks):
+                print(f"  crawler ranks logged in: {', '.join(str(r['rank']) for r in ranks)}")
+                return 0
+            for rank in ranks:
+                if rank["state"] != "waiting_for_scan":
+                    continue
+                png = client.get(f"/login/{rank['rank']}/qr.png")
+                if png.status_code != 200:
+                    continue
+                for code in zxingcpp.read_barcodes(Image.open(io.BytesIO(png.content))):
+                    token = code.text.rpartition(":")[2]
+                    answer = httpx.post(f"{shop}/qr/{token}/confirm", timeout=10)
+                    print(f"  scanned rank {rank['rank']}'s QR code: the shop says {answer.status_code}")
+            time.sleep(1)
+    print("  no crawler rank logged in in time", file=sys.stderr)
+    return 1
+
+
+def _by_concept(dataset: str, predictions: str) -> dict[str, dict]:
+    from services.trainer.predict.evaluate import read_ground_truth, read_predictions, recall_metrics
+
+    root = os.path.join(dataset, "")
+    truth = read_ground_truth(root + "test_texts.jsonl")
+    predicted = read_predictions(predictions, truth)
+    with open(root + "manifest.json", encoding="utf-8") as f:
+        seen = {t["text_id"]: t["seen"] for t in json.load(f)["texts"]["test"]}
+    out = {}
+    for label, wanted in (("seen", True), ("unseen", False)):
+        group = {qid: ids for qid, ids in truth.items() if seen.get(qid) == wanted}
+        if group:
+            out[label] = recall_metrics(group, predicted)
+    return out
+
+
+def compare(dataset: str, labelled: list[str]) -> int:
+    """One row per run: R@1 and mean recall on seen and on unseen concepts."""
+    print(f"  {'':34} {'seen R@1':>9} {'seen MR':>8} {'unseen R@1':>11} {'unseen MR':>10}")
+    for item in labelled:
+        label, _, path = item.partition("=")
+        m = _by_concept(dataset, path)
+        print(f"  {label:34} {m['seen']['r1']:9.1f} {m['seen']['mr']:8.1f} "
+              f"{m['unseen']['r1']:11.1f} {m['unseen']['mr']:10.1f}")
+    return 0
+
+
 def concepts(dataset: str, predictions: str) -> int:
     """Recall on test queries whose attributes all occur in training (seen) and on those
     naming a held-out colour or category (unseen): the gap is what online learning closes."""
@@ -106,6 +169,10 @@ def main(argv: list[str]) -> int:
         return follow(argv[2])
     if len(argv) == 4 and argv[1] == "concepts":
         return concepts(argv[2], argv[3])
+    if len(argv) >= 4 and argv[1] == "compare":
+        return compare(argv[2], argv[3:])
+    if len(argv) == 2 and argv[1] == "scan":
+        return scan()
     print(__doc__, file=sys.stderr)
     return 2
 

@@ -37,7 +37,7 @@ def _training_history(store: JobStore, job_id: str) -> None:
             for batch in range(3):  # one online step per validation batch
                 emit(store, job_id, "online", split="valid", batch=batch, queries=8, pairs=6 + batch % 2,
                      missing={"timeout": 1, "leakage": 1 - batch % 2}, wait_ms=120.0 + batch, loss=1.5)
-            emit(store, job_id, "online_pass", split="valid", epoch=step // 10, **{"pass": step // 10},
+            emit(store, job_id, "online_pass", split="valid", epoch=step // 10, pass_index=step // 10,
                  queries=24, pairs=19, missing={"timeout": 3, "leakage": 2}, wall_s=4.5)
     store.update(job_id, progress={"step": 20, "total_steps": 40, "epoch": 1, "phase": "train", "loss": 0.15,
                                    "eta_s": 65, "validation": {"r1": 20, "r5": 40, "r10": 60, "mr": 40}})
@@ -199,7 +199,7 @@ def test_test_time_online_prediction(control, redis_client, browser, tmp_path):
         for batch in range(4):
             emit(store, job.id, "online", split="test", batch=batch, queries=16, pairs=14, missing={"failed": 2},
                  wait_ms=0.0, loss=2.0 / epoch)
-        emit(store, job.id, "online_pass", split="test", epoch=epoch, **{"pass": epoch}, queries=64, pairs=56,
+        emit(store, job.id, "online_pass", split="test", epoch=epoch, pass_index=epoch, queries=64, pairs=56,
              missing={"failed": 8}, wall_s=12.0 + epoch)
     emit(store, job.id, "result", paths=["out.jsonl"], metrics={"r1": 30.0, "r5": 60.0, "r10": 70.0, "mr": 53.33})
     store.transition(job.id, "succeeded")

@@ -75,7 +75,7 @@ def test_online_batches_and_passes_count_missing_images_by_reason():
     view = fold(("online", 1, {"split": "valid", "batch": 0, "queries": 8, "pairs": 5,
                                "missing": {"timeout": 2, "leakage": 1}, "wait_ms": 30, "loss": 1.2}),
                 ("online", 2, {"split": "valid", "batch": 1, "queries": 8, "pairs": 8, "missing": {}, "wait_ms": 0}),
-                ("online_pass", 3, {"split": "valid", "epoch": 1, "pass": 1, "queries": 16, "pairs": 13,
+                ("online_pass", 3, {"split": "valid", "epoch": 1, "pass_index": 1, "queries": 16, "pairs": 13,
                                     "missing": {"timeout": 2, "leakage": 1}, "wall_s": 2.5}))
     assert [(p["index"], p["pairs"], p["missing"]) for p in view["online"]] == [(1, 5, 3), (2, 8, 0)]
     assert view["online_missing"] == {"timeout": 2, "leakage": 1}

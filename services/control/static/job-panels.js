@@ -84,7 +84,7 @@
     }).join(", ") : "";
     fillTable($("online-passes"), (s.online_passes || []).map(function (p) {
       var why = Object.keys(p.missing_by_reason || {}).map(function (n) { return n + " " + F.num(p.missing_by_reason[n]); });
-      return [p.split || "-", F.num(p.epoch), F.num(p.pass), {text: F.num(p.queries), cls: "num"},
+      return [p.split || "-", F.num(p.epoch), F.num(p.pass_index), {text: F.num(p.queries), cls: "num"},
               {text: F.num(p.pairs), cls: "num"}, {text: F.num(p.missing), cls: "num", title: why.join(", ")},
               {text: F.duration(p.wall_s), cls: "num"}];
     }));
@@ -110,7 +110,7 @@
       rows.push([v.epoch === 0 ? "before online learning" : "after epoch " + F.num(v.epoch)].concat(metricCells(v)));
     });
     (s.online_passes || []).forEach(function (p) {
-      if (p.metrics) { rows.push(["after online pass " + F.num(p.pass)].concat(metricCells(p.metrics))); }
+      if (p.metrics) { rows.push(["after online pass " + F.num(p.pass_index)].concat(metricCells(p.metrics))); }
     });
     var result = (s.result && s.result.metrics) || (job.result && job.result.metrics);
     if (result) {
