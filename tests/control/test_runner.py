@@ -198,8 +198,8 @@ def test_missing_checkpoint_fails_fast_in_the_runner(stack, shared_root, redis_c
     # The control service sees the data root and refuses at once; a runner that is the first
     # to see the data (the control service on another machine) does the same.
     with control.client() as client:
-        job = client.post("/jobs/train", json={**TRAIN, "max_steps": 2, "resume": "pretrained_weights/none.pt"}).json()
-        assert job["state"] == "failed" and "resume" in job["reason"]
+        refused = client.post("/jobs/train", json={**TRAIN, "max_steps": 2, "resume": "pretrained_weights/none.pt"})
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "resume"]
     store = JobStore(redis_client)
     from shared.jobspec import TrainSpec
     record, _ = store.create(TrainSpec(**{**TRAIN, "max_steps": 2, "resume": "pretrained_weights/none.pt"}))

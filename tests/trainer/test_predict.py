@@ -208,8 +208,8 @@ def test_job_spec_command_lines_run(muge, capsys):
     specs = [
         PredictSpec(mode="single", resume="ckpt/m1.pt", **common),
         PredictSpec(mode="ensemble", members=["ckpt/m1.pt", "ckpt/m2.pt"], weights=[1.0, 2.0],
-                    score_dir="scores", **common),
-        PredictSpec(mode="ensemble-last", score_dir="scores", **common),
+                    score_dir="npy_save/demo", **common),
+        PredictSpec(mode="ensemble-last", score_dir="npy_save/demo", **common),
     ]
     outputs = []
     for i, spec in enumerate(specs):
