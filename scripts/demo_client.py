@@ -83,7 +83,7 @@ def follow(job_id: str) -> int:
 def concepts(dataset: str, predictions: str) -> int:
     """Recall on test queries whose attributes all occur in training (seen) and on those
     naming a held-out colour or category (unseen): the gap is what online learning closes."""
-    from services.trainer.predict.evaluate import read_ground_truth, read_predictions, recall_metrics
+    from shared.muge import read_ground_truth, read_predictions, recall_metrics
 
     root = os.path.join(dataset, "")
     truth = read_ground_truth(root + "test_texts.jsonl")

@@ -14,6 +14,7 @@ from shared import redis_keys
 from shared.jobs import EVENTS_MAXLEN, InvalidTransition, JobNotFound, JobRecord, JobStore, PredictSpec, TrainSpec
 from shared.jobspec import PathOutsideDataRoot, resolve_under
 from shared.messages import JobEvent
+from shared.muge import has_ground_truth
 from services.trainer.runner.events_tail import EventFileTail
 from services.trainer.runner.process import JobProcess
 from services.trainer.runner.progress import ProgressTracker
@@ -194,7 +195,7 @@ class JobExecution:
             self._store_result()
             return "succeeded", ""
         texts = resolve_under(self.settings.data_root, spec.text_data)
-        if not _has_ground_truth(texts):
+        if not has_ground_truth(texts):
             self._store_result()
             return "succeeded", ""
         metrics_path = output.with_name(output.stem + ".metrics.json")
@@ -294,12 +295,3 @@ def _last_error_line(lines: list[str]) -> str:
         if text and ("Error" in text or "error:" in text.lower() or "Exception" in text):
             return text[:1000]
     return ""
-
-
-def _has_ground_truth(texts: Path) -> bool:
-    try:
-        with open(texts, encoding="utf-8") as handle:
-            first = handle.readline()
-        return bool(first.strip()) and "image_ids" in json.loads(first)
-    except (OSError, ValueError):
-        return False
