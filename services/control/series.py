@@ -11,11 +11,9 @@ import redis.asyncio as aioredis
 
 from shared import redis_keys
 from shared.jobs import parse_event_fields
+from shared.messages import Ensemble, OnlineBatch, Phase, Result, TrainStep, Validation
 
 MAX_POINTS = 400  # per series sent to a browser; longer runs are thinned evenly
-_TRAIN_KEYS = ("loss", "lr", "samples_per_s")
-_VALID_KEYS = ("r1", "r5", "r10", "mr", "loss")
-_ONLINE_KEYS = ("requested", "received", "failures", "cache_hits", "wait_s")
 
 
 class JobSeries:
@@ -27,31 +25,26 @@ class JobSeries:
         self.ensemble: dict[str, dict[str, Any]] = {}
         self.phases: list[dict[str, Any]] = []
         self.result: dict[str, Any] = {}
-        self._online_totals = {k: 0.0 for k in _ONLINE_KEYS}
+        self._online_totals: dict[str, float] = {}
 
     def add(self, event) -> None:
-        data, ts = event.data, event.ts
-        if event.type == "train_step":
-            point = {"ts": ts, "step": data.get("step")}
-            point.update({k: data[k] for k in _TRAIN_KEYS if isinstance(data.get(k), (int, float))})
-            self.train.append(point)
-        elif event.type == "validation":
-            point = {"ts": ts, "step": data.get("step"), "epoch": data.get("epoch")}
-            point.update({k: data[k] for k in _VALID_KEYS if isinstance(data.get(k), (int, float))})
-            self.validation.append(point)
-        elif event.type == "online":
-            for key in _ONLINE_KEYS:
-                if isinstance(data.get(key), (int, float)):
-                    self._online_totals[key] += data[key]
+        payload, ts = event.payload(), event.ts
+        if isinstance(payload, TrainStep):
+            self.train.append({"ts": ts, "step": payload.step, **payload.figures()})
+        elif isinstance(payload, Validation):
+            self.validation.append({"ts": ts, "step": payload.step, "epoch": payload.epoch, **payload.headline()})
+        elif isinstance(payload, OnlineBatch):
+            for key, value in payload.counts().items():
+                self._online_totals[key] = self._online_totals.get(key, 0.0) + value
             self.online.append({"ts": ts, "index": len(self.online) + 1,
                                 **{k: round(v, 3) for k, v in self._online_totals.items()}})
-        elif event.type == "ensemble":
-            member = str(data.get("member", "fused"))
-            self.ensemble.setdefault(member, {}).update({k: v for k, v in data.items() if k != "member"})
-        elif event.type == "phase":
-            self.phases.append({"ts": ts, "name": data.get("name", "")})
-        elif event.type == "result":
-            self.result.update(data)
+        elif isinstance(payload, Ensemble):
+            self.ensemble.setdefault(payload.member_key, {}).update(
+                payload.model_dump(exclude_unset=True, exclude={"member"}))
+        elif isinstance(payload, Phase):
+            self.phases.append({"ts": ts, "name": payload.name or ""})
+        elif isinstance(payload, Result):
+            self.result.update(payload.model_dump(exclude_unset=True))
 
     def view(self) -> dict[str, Any]:
         return {"train": _thin(self.train), "validation": _thin(self.validation),

@@ -82,7 +82,8 @@ def _publish_training_history(store: JobStore, job_id: str) -> None:
             store.append_event(job_id, JobEvent(type="validation", data={
                 "step": step, "r1": step, "r5": 2 * step, "r10": 3 * step, "mr": 2 * step}))
             store.append_event(job_id, JobEvent(type="online", data={
-                "requested": 8, "received": 7, "failures": 1, "cache_hits": 2, "wait_s": 0.5}))
+                "split": "valid", "batch": step // 5, "queries": 8, "pairs": 7, "missing": {"late": 1},
+                "dropped_leaked": 0, "wait_ms": 500.0}))
     store.update(job_id, progress={"step": 20, "total_steps": 40, "phase": "train", "loss": 0.15,
                                    "eta_s": 65, "validation": {"r1": 20, "r5": 40, "r10": 60, "mr": 40}})
 

@@ -119,10 +119,10 @@
       return {name: k === "mr" ? "MR" : "R@" + k.slice(1), points: points(val, k, vx)};
     }), {xLabel: "step", yMin: 0, emptyText: "no validation yet"});
     var online = s.online || [];
-    Charts.line($("chart-online"), ["requested", "received", "failures", "cache_hits"].map(function (k) {
+    Charts.line($("chart-online"), ["queries", "pairs", "missing", "dropped_leaked"].map(function (k) {
       return {name: k.replace("_", " "), points: points(online, k, "index")};
     }), {xLabel: "online batch", yMin: 0, emptyText: "no online learning"});
-    Charts.line($("chart-online-wait"), [{name: "wait s", points: points(online, "wait_s", "index")}],
+    Charts.line($("chart-online-wait"), [{name: "wait ms", points: points(online, "wait_ms", "index")}],
                 {xLabel: "online batch", yMin: 0, emptyText: "no online learning"});
     var members = s.ensemble || {};
     var names = Object.keys(members);

@@ -6,7 +6,9 @@ reader tailing the file sees each event at once; the job service forwards them t
 ``TqdmSink`` shows a progress bar when stderr is a terminal, ``MultiSink`` fans out,
 ``NullSink`` drops everything (ranks other than 0).
 
-Event types and their data are listed on ``shared.messages.JobEvent``.
+Event types and their fields are the payload models of ``shared.messages`` (``EVENT_PAYLOADS``);
+``JsonLinesSink`` checks each event against its model, so a misspelt field or an unknown type
+fails where it is emitted instead of vanishing from every chart.
 """
 from __future__ import annotations
 
@@ -61,7 +63,7 @@ class JsonLinesSink:
         self._lock = threading.Lock()
 
     def emit(self, type: str, **data: Any) -> None:
-        event = JobEvent(type=type, job_id=self.job_id, data=plain(data))
+        event = JobEvent.checked(type, plain(data), job_id=self.job_id)
         line = event.model_dump_json() + "\n"
         with self._lock:
             if self._file is None:
