@@ -75,8 +75,8 @@ def follow(job_id: str) -> int:
     print(f"job {job_id}: {job['state']}" + (f" - {job['reason']}" if job["reason"] else ""))
     if job["result"]:
         print(json.dumps(job["result"], indent=2, ensure_ascii=False))
-    if job["state"] != "succeeded" and job["log_tail"]:
-        print("\n".join(job["log_tail"][-15:]))
+    if job["state"] != "succeeded" and job["error"]:
+        print(job["error"])
     return 0 if job["state"] == "succeeded" else 1
 
 

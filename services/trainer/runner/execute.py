@@ -39,7 +39,7 @@ def _master_port(settings: RunnerSettings, job_id: str) -> int:
 
 def build_command(record: JobRecord, settings: RunnerSettings, events: Path, *,
                   node_rank: int = 0, master_addr: str = "127.0.0.1") -> list[str]:
-    spec = record.parsed_spec()
+    spec = record.spec
     if settings.device_override:
         spec = spec.model_copy(update={"device": settings.device_override})
     resume = Path(record.resume_from) if record.resume_from else None
@@ -95,7 +95,7 @@ class JobExecution:
 
     def _check_inputs(self, record: JobRecord) -> list[str]:
         try:
-            spec = record.parsed_spec()
+            spec = record.spec
         except ValueError as exc:
             return [f"invalid spec: {exc}"]
         problems = spec.missing_inputs(self.settings.data_root)
@@ -153,7 +153,7 @@ class JobExecution:
             proc.stop(self.settings.stop_grace_s)
             raise
         state, reason = outcome
-        if state == "succeeded" and isinstance(record.parsed_spec(), PredictSpec):
+        if state == "succeeded" and isinstance(record.spec, PredictSpec):
             state, reason = self._evaluate(record)
         return self._finish(state, reason, log_tail=list(proc.tail) if state == "failed" else None)
 
@@ -185,7 +185,7 @@ class JobExecution:
     def _evaluate(self, record: JobRecord) -> tuple[str, str]:
         """Scores the predictions when the queries carry their ground-truth images and the
         trainer did not report metrics itself."""
-        spec = record.parsed_spec()
+        spec = record.spec
         assert isinstance(spec, PredictSpec)
         output = spec.output_path(self.settings.data_root, record.id)
         if not output.is_file():
@@ -263,7 +263,7 @@ def requeue_or_fail(store: JobStore, settings: RunnerSettings, record: JobRecord
     """A running job lost its runner: run it again (training from its latest checkpoint) when
     the spec allows and attempts remain, otherwise fail it with the reason. Returns the new
     state; the caller sends the task again when it is ``queued``."""
-    spec = record.parsed_spec()
+    spec = record.spec
     if spec.auto_resume and record.attempts < settings.max_attempts:
         resume_from = ""
         detail = "from the start"
