@@ -16,12 +16,11 @@ ERROR_LINES = 15  # of a failed run's output, shown as its error
 ERROR_CHARS = 4000
 
 
-class JobSummary(BaseModel):
-    """One line of a job list."""
+class JobBrief(BaseModel):
+    """What every view of a job shows."""
 
     id: str
     kind: JobKind
-    name: str | None = Field(None, description="the spec's name, when it has one")
     state: JobState
     reason: str = ""
     created_at: float
@@ -30,31 +29,27 @@ class JobSummary(BaseModel):
     finished_at: float | None = None
     attempts: int = 0
     progress: dict[str, Any] = {}
+
+
+class JobSummary(JobBrief):
+    """One line of a job list."""
+
+    name: str | None = Field(None, description="the spec's name, when it has one")
 
     @classmethod
     def from_record(cls, record: JobRecord) -> "JobSummary":
         return cls(name=getattr(record.spec, "name", None), **_shared_fields(cls, record))
 
 
-class JobPublic(BaseModel):
+class JobPublic(JobBrief):
     """One job as the API shows it."""
 
-    id: str
-    kind: JobKind
     spec: Annotated[JobSpec, Field(discriminator="kind")]
-    state: JobState
-    reason: str = ""
-    created_at: float
-    updated_at: float
-    started_at: float | None = None
-    finished_at: float | None = None
     idempotency_key: str | None = None
-    attempts: int = 0
     runner_host: str = Field("", description="the machine that runs it")
     heartbeat_at: float | None = None
     resume_from: str = Field("", description="the checkpoint a resumed run continued from")
     cancel_requested: bool = False
-    progress: dict[str, Any] = {}
     result: dict[str, Any] = {}
     error: str = Field("", description="the last lines a failed run printed")
 
