@@ -94,10 +94,7 @@ class JobExecution:
         return self._launch_and_follow(record)
 
     def _check_inputs(self, record: JobRecord) -> list[str]:
-        try:
-            spec = record.spec
-        except ValueError as exc:
-            return [f"invalid spec: {exc}"]
+        spec = record.spec
         problems = spec.missing_inputs(self.settings.data_root)
         if isinstance(spec, PredictSpec):
             try:
