@@ -78,8 +78,8 @@ def follow(job_id: str) -> int:
     print(f"job {job_id}: {job['state']}" + (f" - {job['reason']}" if job["reason"] else ""))
     if job["result"]:
         print(json.dumps(job["result"], indent=2, ensure_ascii=False))
-    if job["state"] != "succeeded" and job["log_tail"]:
-        print("\n".join(job["log_tail"][-15:]))
+    if job["state"] != "succeeded" and job["error"]:
+        print(job["error"])
     return 0 if job["state"] == "succeeded" else 1
 
 
@@ -117,7 +117,7 @@ def scan(timeout: float = 120.0) -> int:
 
 
 def _by_concept(dataset: str, predictions: str) -> dict[str, dict]:
-    from services.trainer.predict.evaluate import read_ground_truth, read_predictions, recall_metrics
+    from shared.muge import read_ground_truth, read_predictions, recall_metrics
 
     root = os.path.join(dataset, "")
     truth = read_ground_truth(root + "test_texts.jsonl")
@@ -146,7 +146,7 @@ def compare(dataset: str, labelled: list[str]) -> int:
 def concepts(dataset: str, predictions: str) -> int:
     """Recall on test queries whose attributes all occur in training (seen) and on those
     naming a held-out colour or category (unseen): the gap is what online learning closes."""
-    from services.trainer.predict.evaluate import read_ground_truth, read_predictions, recall_metrics
+    from shared.muge import read_ground_truth, read_predictions, recall_metrics
 
     root = os.path.join(dataset, "")
     truth = read_ground_truth(root + "test_texts.jsonl")

@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from typing import Any, Iterable, Literal
+from typing import Annotated, Any, Iterable, Literal
 
 import redis as redis_lib
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from shared import redis_keys
-from shared.jobspec import JobSpec, PredictSpec, TrainSpec, spec_from_json
+from shared.jobspec import JobSpec, PredictSpec, TrainSpec
 from shared.messages import JobEvent
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -36,9 +36,13 @@ LOG_TAIL_LINES = 40
 
 
 class JobRecord(BaseModel):
+    """The stored record (one Redis hash): everything the runners need, including what only
+    they should see (process ids, addresses, log lines). The API answers with the public
+    models of ``services/control/schemas.py``."""
+
     id: str
     kind: JobKind
-    spec: dict[str, Any]
+    spec: Annotated[JobSpec, Field(discriminator="kind")]
     state: JobState = "queued"
     reason: str = ""
     created_at: float = Field(default_factory=time.time)
@@ -61,8 +65,19 @@ class JobRecord(BaseModel):
     progress: dict[str, Any] = {}
     result: dict[str, Any] = {}
 
-    def parsed_spec(self) -> JobSpec:
-        return spec_from_json({**self.spec, "kind": self.kind})
+    @model_validator(mode="before")
+    @classmethod
+    def _spec_kind(cls, data: Any) -> Any:
+        # Records written before the spec carried its kind: the record's kind says it.
+        if isinstance(data, dict) and isinstance(data.get("spec"), dict) and "kind" not in data["spec"]:
+            data = {**data, "spec": {**data["spec"], "kind": data.get("kind")}}
+        return data
+
+    @model_validator(mode="after")
+    def _kinds_agree(self) -> "JobRecord":
+        if self.spec.kind != self.kind:
+            raise ValueError(f"a {self.kind} job cannot hold a {self.spec.kind} spec")
+        return self
 
     @property
     def terminal(self) -> bool:
@@ -149,8 +164,7 @@ class JobStore:
         """Record a queued job. Returns (record, created); with an idempotency key already
         used for the same spec, returns the earlier job and ``created=False``."""
         key = idempotency_key or spec.idempotency_key
-        record = JobRecord(id=job_id or new_job_id(), kind=spec.kind,
-                           spec=spec.model_dump(mode="json", exclude={"kind"}),
+        record = JobRecord(id=job_id or new_job_id(), kind=spec.kind, spec=spec,
                            idempotency_key=key, fingerprint=spec.fingerprint())
         event = JobEvent(type="state", job_id=record.id, data={"state": "queued", "reason": ""})
         fields = [x for pair in record.to_hash().items() for x in pair]

@@ -5,12 +5,14 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import CommonSettings
 
 
-class ControlSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CNCLIP_CONTROL_", extra="ignore", populate_by_name=True)
+class ControlSettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="CNCLIP_CONTROL_", extra="ignore")
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -18,10 +20,6 @@ class ControlSettings(BaseSettings):
     # random token at start (printed once); any other address refuses to start.
     token: SecretStr | None = None
     token_file: Path | None = Field(None, description="where a made-up token is written (mode 600)")
-    redis_url: str = Field("redis://127.0.0.1:6379/0",
-                           validation_alias=AliasChoices("CNCLIP_CONTROL_REDIS_URL", "CNCLIP_REDIS_URL"))
-    data_root: Path = Field(Path("./data"),
-                            validation_alias=AliasChoices("CNCLIP_CONTROL_DATA_ROOT", "CNCLIP_DATA_ROOT"))
     # When the data root is visible here, a job naming missing inputs fails at submission.
     check_inputs: bool = True
     status_jobs: int = Field(50, ge=1, le=1000)

@@ -1,8 +1,7 @@
 """Crawler settings, read from the environment (prefix ``CNCLIP_CRAWLER_``).
 
-pydantic-settings gives typed parsing and one clear error for a bad value. The Redis URL and
-the data root are also accepted under the names every service shares (``CNCLIP_REDIS_URL``,
-``CNCLIP_DATA_ROOT``).
+The Redis URL and the data root come from ``shared.settings.CommonSettings`` (also accepted
+under the names every service shares, ``CNCLIP_REDIS_URL`` and ``CNCLIP_DATA_ROOT``).
 """
 from __future__ import annotations
 
@@ -10,22 +9,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
 
 from shared.image_validation import ImageRules
+from shared.settings import CommonSettings
 
 
-class CrawlerSettings(BaseSettings):
+class CrawlerSettings(CommonSettings):
     model_config = SettingsConfigDict(env_prefix="CNCLIP_CRAWLER_", extra="ignore")
 
-    redis_url: str = Field(
-        "redis://127.0.0.1:6379/0",
-        validation_alias=AliasChoices("CNCLIP_CRAWLER_REDIS_URL", "CNCLIP_REDIS_URL"),
-    )
-    data_root: Path = Field(
-        Path("./data"), validation_alias=AliasChoices("CNCLIP_CRAWLER_DATA_ROOT", "CNCLIP_DATA_ROOT")
-    )
     # Private state of the crawler (cookies). Default: <data_root>/crawler.
     data_dir: Path | None = None
 

@@ -1,14 +1,14 @@
-"""Settings of the demo shop, read from the environment (prefix ``CNCLIP_SHOP_``).
-
-pydantic-settings gives typed parsing, defaults and a clear error for a bad value in one place.
-"""
+"""Settings of the demo shop, read from the environment (prefix ``CNCLIP_SHOP_``; the common
+fields of ``shared.settings.CommonSettings`` as in every service)."""
 from __future__ import annotations
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import CommonSettings
 
 
-class ShopSettings(BaseSettings):
+class ShopSettings(CommonSettings):
     model_config = SettingsConfigDict(env_prefix="CNCLIP_SHOP_", extra="ignore")
 
     host: str = "127.0.0.1"

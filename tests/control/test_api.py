@@ -99,6 +99,32 @@ def test_idempotency_key(control, data_root):
         assert jobs["total"] == 2 and {j["state"] for j in jobs["jobs"]} == {"queued"}
 
 
+def test_the_api_shows_the_job_not_the_runner_machinery(control, data_root, redis_client):
+    """Process ids, the master address, the spec fingerprint and raw output lines stay in the
+    stored record; a failed job's last output lines come back as its ``error``."""
+    (data_root / TRAIN["train_data"]).mkdir(parents=True)
+    store = JobStore(redis_client)
+    hidden = {"runner_pid", "runner_pgid", "master_addr", "log_tail", "fingerprint"}
+    with control.client() as client:
+        submitted = client.post("/jobs/train", json=TRAIN).json()
+        assert not hidden & set(submitted) and submitted["spec"]["kind"] == "train"
+        store.transition(submitted["id"], "running", runner_host="gpu-1", runner_pid=4321, runner_pgid=4321,
+                         master_addr="10.0.0.5")
+        output = [f"line {i}" for i in range(30)] + ["RuntimeError: CUDA out of memory"]
+        store.transition(submitted["id"], "failed", reason="exit code 1", log_tail=output)
+        job = client.get(f"/jobs/{submitted['id']}").json()
+        listed = client.get("/jobs").json()["jobs"]
+        schema = client.get("/openapi.json").json()["components"]["schemas"]
+    assert not hidden & set(job)
+    assert job["runner_host"] == "gpu-1" and job["spec"]["train_data"] == TRAIN["train_data"]
+    assert job["error"].splitlines()[-1] == "RuntimeError: CUDA out of memory"
+    assert job["error"].splitlines()[0] == "line 16"  # the last 15 lines
+    assert "10.0.0.5" not in json.dumps(job) and "4321" not in json.dumps(job)
+    assert [j["id"] for j in listed] == [submitted["id"]] and "spec" not in listed[0]
+    assert listed[0]["state"] == "failed" and listed[0]["kind"] == "train"
+    assert not hidden & set(schema["JobPublic"]["properties"]) and "JobRecord" not in schema
+
+
 def test_missing_inputs_are_refused_at_submission(control, data_root, redis_client):
     with control.client() as client:
         response = client.post("/jobs/predict", json={

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
 
 from shared import redis_keys
-from shared.jobs import IdempotencyConflict, InvalidTransition, JobNotFound, JobStore
+from shared.jobs import IdempotencyConflict, InvalidTransition, JobNotFound, JobRecord, JobStore
 from shared.jobspec import PredictSpec, TrainSpec
 from shared.messages import JobEvent
 
@@ -19,11 +20,28 @@ def test_create_writes_record_index_and_state_event(store):
     record, created = store.create(TrainSpec(train_data="d/train", max_steps=3))
     assert created and record.state == "queued"
     again = store.get(record.id)
-    assert again.spec["train_data"] == "d/train" and again.kind == "train"
-    assert isinstance(again.parsed_spec(), TrainSpec)
+    assert again.spec.train_data == "d/train" and again.kind == "train"
+    assert isinstance(again.spec, TrainSpec)
     assert store.ids() == [record.id]
     events = store.events(record.id)
     assert [(e.type, e.data["state"]) for _, e in events] == [("state", "queued")]
+
+
+def test_a_record_written_before_specs_carried_their_kind_still_reads(store, redis_client):
+    record, _ = store.create(PredictSpec(mode="single", image_data="i", text_data="t", resume="m.pt"))
+    spec = json.loads(redis_client.hget(redis_keys.job(record.id), "spec"))
+    assert spec.pop("kind") == "predict"
+    redis_client.hset(redis_keys.job(record.id), "spec", json.dumps(spec))
+    again = store.get(record.id)
+    assert isinstance(again.spec, PredictSpec) and again.spec.resume == "m.pt"
+
+
+def test_a_record_whose_kinds_disagree_is_refused(store):
+    record, _ = store.create(TrainSpec(train_data="d"))
+    data = record.model_dump(mode="json")
+    data["kind"] = "predict"
+    with pytest.raises(ValueError, match="a predict job cannot hold a train spec"):
+        JobRecord.model_validate(data)
 
 
 def test_idempotency_key_returns_the_first_job(store):

@@ -37,14 +37,15 @@ def test_progress_keeps_latest_figures_and_eta():
         tracker.apply(JobEvent(type="train_step", ts=ts, data={"step": step, "total_steps": 101, "loss": 1.0 / step}))
     assert tracker.progress["step"] == 11 and tracker.progress["eta_s"] == 90.0
     tracker.apply(JobEvent(type="validation", data={"step": 11, "r1": 5.0, "r5": 9.0, "r10": 12.0, "mr": 8.7}))
-    tracker.apply(JobEvent(type="online", data={"queries": 4, "pairs": 3, "missing": {"late": 1}, "wait_ms": 0.5}))
-    tracker.apply(JobEvent(type="online", data={"queries": 4, "pairs": 4, "missing": {}, "wait_ms": 0.25}))
+    tracker.apply(JobEvent(type="online", data={"queries": 4, "pairs": 3, "missing": {"late": 1}, "wait_ms": 500}))
+    tracker.apply(JobEvent(type="online", data={"queries": 4, "pairs": 4, "missing": {}, "wait_ms": 250.5}))
     tracker.apply(JobEvent(type="online_state", data={"state": "waiting_for_login"}))
     tracker.apply(JobEvent(type="ensemble", data={"member": 1, "weight": 0.5, "progress": "2/2"}))
     tracker.apply(JobEvent(type="result", data={"metrics": {"r1": 1.0}}))
     tracker.apply(JobEvent(type="trainer_state", data={"state": "failed", "reason": "out of memory"}))
     assert tracker.progress["validation"]["mr"] == 8.7
-    assert tracker.progress["online_total"]["pairs"] == 7 and tracker.progress["online_total"]["wait_ms"] == 0.75
+    assert tracker.progress["online_total"] == {"queries": 8, "pairs": 7, "missing": 1, "wait_ms": 750.5}
+    assert tracker.progress["online"] == {"queries": 4, "pairs": 4, "missing": {}, "wait_ms": 250.5}
     assert tracker.progress["online_state"] == "waiting_for_login"
     assert tracker.progress["ensemble"]["1"] == {"weight": 0.5, "progress": "2/2"}
     assert tracker.result == {"metrics": {"r1": 1.0}} and tracker.error == "out of memory"

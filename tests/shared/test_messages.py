@@ -4,7 +4,21 @@ import pytest
 from pydantic import ValidationError
 
 from shared import redis_keys
-from shared.messages import CrawlRequest, CrawlResult, JobEvent, LoginState, MissingImage
+from shared.messages import (
+    EVENT_PAYLOADS,
+    CrawlRequest,
+    CrawlResult,
+    Ensemble,
+    EventError,
+    EventPayload,
+    InBatchAccuracy,
+    JobEvent,
+    LoginState,
+    MissingImage,
+    OnlineBatch,
+    TrainStep,
+    Validation,
+)
 
 
 def _result(images: list[bytes]) -> CrawlResult:
@@ -54,3 +68,67 @@ def test_login_state_rejects_unknown_state():
 def test_job_event_has_type_and_timestamp():
     event = JobEvent(type="train_step", data={"step": 3})
     assert event.ts > 0 and event.model_dump()["data"]["step"] == 3
+
+
+# ---- job events -------------------------------------------------------------------------
+# The fields every consumer (runner progress, charts, pages, clients) relies on, per event type.
+EVENT_FIELDS = {
+    "train_step": {"step", "total_steps", "epoch", "loss", "lr", "samples_per_s", "logit_scale",
+                   "img2txt_acc", "txt2img_acc"},
+    "validation": {"step", "epoch", "loss", "img2txt_acc", "txt2img_acc", "acc", "r1", "r5", "r10", "mr",
+                   "texts", "images", "predictions"},
+    "online": {"split", "batch", "queries", "pairs", "missing", "dropped_leaked", "wait_ms", "loss", "online_step"},
+    "online_pass": {"split", "epoch", "pass_index", "queries", "pairs", "missing", "cache_hits", "wall_s", "steps"},
+    "checkpoint": {"path", "epoch", "step"},
+    "ensemble": {"member", "checkpoint", "scores", "weight", "weights", "progress", "metrics", "equal_weights",
+                 "equal_metrics"},
+    "result": {"paths", "metrics", "steps"},
+    "state": {"state", "reason"},
+    "trainer_state": {"state", "reason"},
+    "phase": {"name", "step", "total_steps", "epoch"},
+    "log": {"level", "message"},
+}
+
+
+def test_every_event_type_has_one_model_with_its_documented_fields():
+    assert {t: set(m.model_fields) for t, m in EVENT_PAYLOADS.items()} == EVENT_FIELDS
+    assert all(issubclass(m, EventPayload) and m.type == t for t, m in EVENT_PAYLOADS.items())
+
+
+def test_an_event_made_from_a_model_reads_back_as_that_model():
+    payload = Validation(step=4, epoch=1, r1=12.5, acc=InBatchAccuracy(img2txt=0.5, txt2img=0.25))
+    event = JobEvent.of(payload, job_id="j1")
+    assert event.type == "validation" and event.job_id == "j1"
+    assert event.data == {"step": 4, "epoch": 1, "r1": 12.5, "acc": {"img2txt": 0.5, "txt2img": 0.25}}
+    back = JobEvent.model_validate_json(event.model_dump_json()).payload()
+    assert isinstance(back, Validation) and back == payload
+    assert back.headline() == {"step": 4, "epoch": 1, "r1": 12.5}
+
+
+@pytest.mark.parametrize("type_, data, message", [
+    ("train_step", {"step": 1, "loss": 0.5, "lrr": 1e-4}, "'train_step' has no field lrr"),
+    ("validation", {"r1": "high"}, "r1"),
+    ("online", {"missing": {"late": "many"}}, "missing"),
+    ("nosuchtype", {}, "unknown event type 'nosuchtype'"),
+])
+def test_a_checked_event_names_what_does_not_fit(type_, data, message):
+    with pytest.raises(EventError, match=message):
+        JobEvent.checked(type_, data)
+
+
+def test_reading_is_lenient_so_old_streams_stay_readable():
+    unknown = JobEvent(type="custom_thing", data={"x": 1})
+    assert unknown.payload() == {"x": 1}
+    misfit = JobEvent(type="train_step", data={"step": "first"})
+    assert misfit.payload() == {"step": "first"}
+    older = JobEvent(type="online", data={"requested": 4, "queries": 4})
+    payload = older.payload()
+    assert isinstance(payload, OnlineBatch) and payload.queries == 4 and payload.model_extra == {"requested": 4}
+
+
+def test_payload_helpers():
+    step = TrainStep(step=3, total_steps=9, loss=0.5, samples_per_s=None)
+    assert step.position() == {"step": 3, "total_steps": 9} and step.figures() == {"loss": 0.5}
+    batch = OnlineBatch(queries=8, pairs=6, missing={"late": 1, "failed": 1}, wait_ms=12.5, loss=0.3)
+    assert batch.counts() == {"queries": 8, "pairs": 6, "wait_ms": 12.5, "missing": 2}
+    assert Ensemble(member=0).member_key == "0" and Ensemble(progress="done").member_key == "fused"

@@ -117,11 +117,13 @@ def test_texts_dataset(synthetic_data):
 @pytest.mark.parametrize(
     "content, message",
     [
-        ('{"text_id": 1, "text": "a"}\n{"text_id": 2, "text": ', ":2: not valid JSON"),
-        ('{"text_id": 1, "text": "a"}\n{"text_id": 1, "text": "b"}\n', ":2: text_id 1 appears twice"),
-        ('{"text": "a"}\n', ":1: expected an object"),
-        ('{"text_id": 1, "text": 5}\n', ":1: 'text' must be a string"),
-        ('{"text_id": [1], "text": "a"}\n', ":1: 'text_id' must be"),
+        ('{"text_id": 1, "text": "a"}\n{"text_id": 2, "text": ', "line 2: not valid JSON"),
+        ('{"text_id": 1, "text": "a"}\n{"text_id": 1, "text": "b"}\n', "line 2: text_id 1 appears twice"),
+        ('{"text": "a"}\n', "line 1: no text_id"),
+        ('{"text_id": 1}\n', "line 1: text_id 1 has no text"),
+        ('{"text_id": 1, "text": 5}\n', "line 1: 'text' of text_id 1 must be a string"),
+        ('{"text_id": [1], "text": "a"}\n', r"line 1: text_id \[1\] must be an integer or a string"),
+        ('{"text_id": 1, "text": "a", "image_ids": 3}\n', "line 1: image_ids of text_id 1 must be a list"),
     ],
 )
 def test_malformed_texts_name_the_line(tmp_path, content, message):

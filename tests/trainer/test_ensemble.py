@@ -20,7 +20,7 @@ from services.trainer.predict.ensemble import (
     normalise_weights,
     write_sidecar,
 )
-from services.trainer.predict.evaluate import read_ground_truth
+from shared.muge import read_ground_truth
 from tests.trainer.test_predict import TINY, build_muge_data, save_tiny_checkpoint
 
 

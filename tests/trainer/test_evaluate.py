@@ -8,7 +8,7 @@ import pytest
 from cn_clip.eval import evaluation as original
 
 from services.trainer.cli import main as cli_main
-from services.trainer.predict.evaluate import (
+from shared.muge import (
     GroundTruthError,
     PredictionFileError,
     evaluate_files,

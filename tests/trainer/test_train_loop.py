@@ -140,6 +140,18 @@ def test_online_hook_sees_each_validation_batch_once(synthetic_data, tmp_path):
     assert Path(result.predictions).is_file()
 
 
+def test_validation_writes_muge_predictions_that_chinese_clip_scores_the_same(synthetic_data, tmp_path):
+    """The validation event's recall is the MUGE evaluator's number for the predictions file
+    validation wrote, with the split's texts file as ground truth."""
+    from cn_clip.eval import evaluation as original
+
+    trainer = Trainer(make_config(synthetic_data, tmp_path), CPU)
+    result = trainer.validate(epoch=0)
+    assert not list(Path(result.predictions).parent.glob("*.partial"))
+    mean_recall, r1, r5, r10 = original.compute_score(str(synthetic_data.texts("valid")), result.predictions)
+    assert (result.mr, result.r1, result.r5, result.r10) == (mean_recall, r1, r5, r10)
+
+
 def test_resume_restores_position_and_reset_data_offset_starts_over(synthetic_data, tmp_path):
     first = Trainer(make_config(synthetic_data, tmp_path, name="first", max_steps=3), CPU)
     first.fit()

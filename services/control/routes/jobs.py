@@ -15,6 +15,7 @@ from shared import redis_keys
 from shared.jobs import (TERMINAL, IdempotencyConflict, InvalidTransition, JobNotFound, JobRecord,
                          JobState, parse_event_fields)
 from shared.jobspec import IDEMPOTENCY_PATTERN, JobSpec, PredictSpec, TrainSpec
+from services.control.schemas import JobPublic, JobSummary
 from services.control.security import COMMON_RESPONSES, bearer
 from services.control.state import ControlState, get_state
 
@@ -30,7 +31,7 @@ class ErrorBody(BaseModel):
 
 
 class JobList(BaseModel):
-    jobs: list[JobRecord]
+    jobs: list[JobSummary]
     total: int
 
 
@@ -73,15 +74,15 @@ def _submit(state: ControlState, spec: JobSpec, key: str | None) -> tuple[JobRec
     return record, True
 
 
-async def _create(spec: JobSpec, response: Response, state: ControlState, key: str | None) -> JobRecord:
+async def _create(spec: JobSpec, response: Response, state: ControlState, key: str | None) -> JobPublic:
     record, created = await run_in_threadpool(_submit, state, spec, key)
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/jobs/{record.id}"
-    return record
+    return JobPublic.from_record(record)
 
 
 _SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"model": JobRecord, "description": "The job created earlier under this idempotency key"},
+    200: {"model": JobPublic, "description": "The job created earlier under this idempotency key"},
     400: {"model": ErrorBody, "description": "The body is not JSON"},
     401: {"model": ErrorBody},
     409: {"model": ErrorBody, "description": "Idempotency key reused with another spec, or the run name is taken"},
@@ -91,17 +92,17 @@ IdempotencyHeader = Annotated[str | None, Header(pattern=IDEMPOTENCY_PATTERN, al
                                                  description="Overrides the spec's idempotency_key")]
 
 
-@router.post("/train", status_code=201, response_model=JobRecord, responses=_SUBMIT_RESPONSES,
+@router.post("/train", status_code=201, response_model=JobPublic, responses=_SUBMIT_RESPONSES,
              summary="Submit a training job")
 async def submit_train(spec: TrainSpec, response: Response, state: ControlState = Depends(get_state),
-                       idempotency_key: IdempotencyHeader = None) -> JobRecord:
+                       idempotency_key: IdempotencyHeader = None) -> JobPublic:
     return await _create(spec, response, state, idempotency_key)
 
 
-@router.post("/predict", status_code=201, response_model=JobRecord, responses=_SUBMIT_RESPONSES,
+@router.post("/predict", status_code=201, response_model=JobPublic, responses=_SUBMIT_RESPONSES,
              summary="Submit a prediction job (single, ensemble or ensemble-last)")
 async def submit_predict(spec: PredictSpec, response: Response, state: ControlState = Depends(get_state),
-                         idempotency_key: IdempotencyHeader = None) -> JobRecord:
+                         idempotency_key: IdempotencyHeader = None) -> JobPublic:
     return await _create(spec, response, state, idempotency_key)
 
 
@@ -112,7 +113,7 @@ async def list_jobs(state: ControlState = Depends(get_state),
                     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> JobList:
     records = await run_in_threadpool(state.store.list, limit, offset, job_state)
     total = await state.redis.zcard(redis_keys.jobs_index())
-    return JobList(jobs=records, total=int(total))
+    return JobList(jobs=[JobSummary.from_record(r) for r in records], total=int(total))
 
 
 def _get(state: ControlState, job_id: str) -> JobRecord:
@@ -122,18 +123,18 @@ def _get(state: ControlState, job_id: str) -> JobRecord:
         raise HTTPException(404, f"no job {job_id}") from exc
 
 
-@router.get("/{job_id}", response_model=JobRecord, responses=_ERRORS, summary="One job")
-async def get_job(job_id: JobId, state: ControlState = Depends(get_state)) -> JobRecord:
-    return await run_in_threadpool(_get, state, job_id)
+@router.get("/{job_id}", response_model=JobPublic, responses=_ERRORS, summary="One job")
+async def get_job(job_id: JobId, state: ControlState = Depends(get_state)) -> JobPublic:
+    return JobPublic.from_record(await run_in_threadpool(_get, state, job_id))
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobRecord,
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic,
              responses={**_ERRORS, 409: {"model": ErrorBody, "description": "The job already ended"}},
              summary="Cancel a job (a running one is stopped with its whole process group)")
-async def cancel_job(job_id: JobId, state: ControlState = Depends(get_state)) -> JobRecord:
-    def cancel() -> JobRecord:
+async def cancel_job(job_id: JobId, state: ControlState = Depends(get_state)) -> JobPublic:
+    def cancel() -> JobPublic:
         try:
-            return state.store.request_cancel(job_id)
+            return JobPublic.from_record(state.store.request_cancel(job_id))
         except JobNotFound as exc:
             raise HTTPException(404, f"no job {job_id}") from exc
         except InvalidTransition as exc:

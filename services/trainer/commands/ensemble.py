@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         normalise_weights,
         read_manifest,
     )
-    from services.trainer.predict.evaluate import EvaluationError, read_ground_truth, write_predictions
+    from shared.muge import EvaluationError, read_ground_truth, write_predictions
     from services.trainer.predict.pipeline import metrics_of
     from services.trainer.train.events import JsonLinesSink, MultiSink
 

@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from services.trainer.predict.evaluate import EvaluationError, evaluate_files
+    from shared.muge import EvaluationError, evaluate_files
 
     try:
         metrics = evaluate_files(args.ground_truth, args.predictions, k=args.top_k)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from services.trainer.predict.evaluate import plain_id, recall_metrics
+from shared.muge import plain_id, recall_metrics
 from services.trainer.predict.topk import (
     DEFAULT_GALLERY_CHUNK,
     DEFAULT_QUERY_CHUNK,

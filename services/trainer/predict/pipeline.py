@@ -17,7 +17,7 @@ from services.trainer.predict.ensemble import (
     score_key,
     write_sidecar,
 )
-from services.trainer.predict.evaluate import GroundTruthError, read_ground_truth, recall_metrics
+from shared.muge import GroundTruthError, has_ground_truth, read_ground_truth, recall_metrics
 from services.trainer.predict.features import Features, image_features, text_features
 from services.trainer.precision import autocast_dtype, resolve_device
 from services.trainer.predict.topk import ScoreMatrixWriter, TopK, chunked_topk
@@ -101,9 +101,7 @@ def rank(
 
 def ground_truth_of(text_data: str | Path, emit: Emit = _no_events) -> dict[Any, list[Any]] | None:
     """The file's ground truth when its queries carry image_ids, else None (a test set)."""
-    from services.trainer.data.texts import read_texts
-
-    if not any(record.image_ids for record in read_texts(text_data)):
+    if not has_ground_truth(text_data):
         return None
     try:
         return read_ground_truth(text_data)

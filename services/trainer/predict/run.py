@@ -20,7 +20,7 @@ from services.trainer.predict.ensemble import (
     write_manifest,
     write_sidecar,
 )
-from services.trainer.predict.evaluate import EvaluationError, read_ground_truth, write_predictions
+from shared.muge import EvaluationError, read_ground_truth, write_predictions
 from services.trainer.precision import resolve_device
 from services.trainer.predict.config import PredictConfig
 from services.trainer.predict.pipeline import (

@@ -14,6 +14,7 @@ from shared import redis_keys
 from shared.jobs import EVENTS_MAXLEN, InvalidTransition, JobNotFound, JobRecord, JobStore, PredictSpec, TrainSpec
 from shared.jobspec import PathOutsideDataRoot, resolve_under
 from shared.messages import JobEvent
+from shared.muge import has_ground_truth
 from services.trainer.runner.events_tail import EventFileTail
 from services.trainer.runner.process import JobProcess
 from services.trainer.runner.progress import ProgressTracker
@@ -41,7 +42,7 @@ def build_command(record: JobRecord, settings: RunnerSettings, events: Path, *,
     """torchrun running ``cnclip train|predict --options-file F``: the spec's options, resolved
     under the data root, go to the trainer as JSON (F beside ``events``), so the runner never
     re-renders options as command-line text."""
-    spec = record.parsed_spec()
+    spec = record.spec
     if settings.device_override:
         spec = spec.model_copy(update={"device": settings.device_override})
     resume = Path(record.resume_from) if record.resume_from else None
@@ -99,10 +100,7 @@ class JobExecution:
         return self._launch_and_follow(record)
 
     def _check_inputs(self, record: JobRecord) -> list[str]:
-        try:
-            spec = record.parsed_spec()
-        except ValueError as exc:
-            return [f"invalid spec: {exc}"]
+        spec = record.spec
         problems = spec.missing_inputs(self.settings.data_root)
         if isinstance(spec, PredictSpec):
             try:
@@ -158,7 +156,7 @@ class JobExecution:
             proc.stop(self.settings.stop_grace_s)
             raise
         state, reason = outcome
-        if state == "succeeded" and isinstance(record.parsed_spec(), PredictSpec):
+        if state == "succeeded" and isinstance(record.spec, PredictSpec):
             state, reason = self._evaluate(record)
         return self._finish(state, reason, log_tail=list(proc.tail) if state == "failed" else None)
 
@@ -190,7 +188,7 @@ class JobExecution:
     def _evaluate(self, record: JobRecord) -> tuple[str, str]:
         """Scores the predictions when the queries carry their ground-truth images and the
         trainer did not report metrics itself."""
-        spec = record.parsed_spec()
+        spec = record.spec
         assert isinstance(spec, PredictSpec)
         output = spec.output_path(self.settings.data_root, record.id)
         if not output.is_file():
@@ -200,7 +198,7 @@ class JobExecution:
             self._store_result()
             return "succeeded", ""
         texts = resolve_under(self.settings.data_root, spec.text_data)
-        if not _has_ground_truth(texts):
+        if not has_ground_truth(texts):
             self._store_result()
             return "succeeded", ""
         metrics_path = output.with_name(output.stem + ".metrics.json")
@@ -268,7 +266,7 @@ def requeue_or_fail(store: JobStore, settings: RunnerSettings, record: JobRecord
     """A running job lost its runner: run it again (training from its latest checkpoint) when
     the spec allows and attempts remain, otherwise fail it with the reason. Returns the new
     state; the caller sends the task again when it is ``queued``."""
-    spec = record.parsed_spec()
+    spec = record.spec
     if spec.auto_resume and record.attempts < settings.max_attempts:
         resume_from = ""
         detail = "from the start"
@@ -300,12 +298,3 @@ def _last_error_line(lines: list[str]) -> str:
         if text and ("Error" in text or "error:" in text.lower() or "Exception" in text):
             return text[:1000]
     return ""
-
-
-def _has_ground_truth(texts: Path) -> bool:
-    try:
-        with open(texts, encoding="utf-8") as handle:
-            first = handle.readline()
-        return bool(first.strip()) and "image_ids" in json.loads(first)
-    except (OSError, ValueError):
-        return False

@@ -1,13 +1,25 @@
 """Folds a job's events into the small summary kept on its record (latest figures, ETA), so
-the status page reads one hash per job instead of replaying streams."""
+the status page reads one hash per job instead of replaying streams. Events are read through
+their payload models (``shared.messages``); an event that fits no model is ignored."""
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from shared.messages import JobEvent
-
-_ONLINE_COUNTERS = ("queries", "pairs", "dropped_leaked", "wait_ms")
+from shared.messages import (
+    Checkpoint,
+    Ensemble,
+    JobEvent,
+    Log,
+    OnlineBatch,
+    OnlinePass,
+    OnlineState,
+    Phase,
+    Result,
+    TrainerState,
+    TrainStep,
+    Validation,
+)
 
 
 class ProgressTracker:
@@ -18,56 +30,44 @@ class ProgressTracker:
         self._first_step: tuple[float, int] | None = None
 
     def apply(self, event: JobEvent) -> None:
-        data = event.data
-        kind = event.type
-        if kind == "train_step":
-            for key in ("step", "total_steps", "epoch", "loss", "lr", "samples_per_s"):
-                if key in data:
-                    self.progress[key] = data[key]
-            self._update_eta(event.ts, data)
-        elif kind == "validation":
-            self.progress["validation"] = {k: data[k] for k in
-                                           ("step", "epoch", "loss", "r1", "r5", "r10", "mr")
-                                           if k in data}
-        elif kind == "online":
-            self.progress["online"] = {k: data[k] for k in (*_ONLINE_COUNTERS, "loss", "missing", "online_step")
-                                       if k in data}
-            totals = self.progress.setdefault("online_total", {k: 0 for k in _ONLINE_COUNTERS})
-            for key in _ONLINE_COUNTERS:
-                value = data.get(key)
-                if isinstance(value, (int, float)):
-                    totals[key] = round(totals.get(key, 0) + value, 3)
-        elif kind == "online_state":
+        payload = event.payload()
+        if isinstance(payload, TrainStep):
+            self.progress.update(payload.position())
+            self.progress.update(payload.figures())
+            self._update_eta(event.ts, payload)
+        elif isinstance(payload, Validation):
+            self.progress["validation"] = payload.headline()
+        elif isinstance(payload, OnlineBatch):
+            self.progress["online"] = payload.model_dump(exclude_unset=True)
+            totals = self.progress.setdefault("online_total", {})
+            for key, value in payload.counts().items():
+                totals[key] = round(totals.get(key, 0) + value, 3)
+        elif isinstance(payload, OnlinePass):
+            self.progress["online_pass"] = payload.model_dump(exclude_unset=True)
+        elif isinstance(payload, OnlineState):
             # waiting_for_login while no crawler rank is logged in; logged_in once one is.
-            self.progress["online_state"] = data.get("state", "")
-        elif kind == "online_pass":
-            self.progress["online_pass"] = {k: data[k] for k in
-                                            ("split", "epoch", "pass_index", "queries", "pairs", "steps",
-                                             "missing", "wall_s") if k in data}
-        elif kind == "phase":
-            self.progress["phase"] = data.get("name", "")
-            for key in ("step", "total_steps", "epoch"):
-                if key in data:
-                    self.progress[key] = data[key]
-        elif kind == "ensemble":
+            self.progress["online_state"] = payload.state or ""
+        elif isinstance(payload, Phase):
+            self.progress["phase"] = payload.name or ""
+            self.progress.update(payload.set_fields("step", "total_steps", "epoch"))
+        elif isinstance(payload, Ensemble):
             members = self.progress.setdefault("ensemble", {})
-            member = str(data.get("member", "fused"))
-            members[member] = {k: v for k, v in data.items() if k != "member"}
-        elif kind == "checkpoint":
-            self.progress["checkpoint"] = data.get("path", "")
-        elif kind == "result":
-            self.result.update(data)
-        elif kind == "log" and data.get("level") in ("error", "critical"):
-            self.error = str(data.get("message", ""))[:2000]
-        elif kind == "trainer_state" and data.get("reason"):
-            self.error = str(data["reason"])[:2000]
+            members[payload.member_key] = payload.model_dump(exclude_unset=True, exclude={"member"})
+        elif isinstance(payload, Checkpoint):
+            self.progress["checkpoint"] = payload.path or ""
+        elif isinstance(payload, Result):
+            self.result.update(payload.model_dump(exclude_unset=True))
+        elif isinstance(payload, Log) and payload.level in ("error", "critical"):
+            self.error = str(payload.message or "")[:2000]
+        elif isinstance(payload, TrainerState) and payload.reason:
+            self.error = payload.reason[:2000]
 
-    def _update_eta(self, ts: float, data: dict[str, Any]) -> None:
-        step, total = data.get("step"), data.get("total_steps")
-        if not isinstance(step, (int, float)) or not isinstance(total, (int, float)):
+    def _update_eta(self, ts: float, step_event: TrainStep) -> None:
+        step, total = step_event.step, step_event.total_steps
+        if step is None or total is None:
             return
         if self._first_step is None or step < self._first_step[1]:
-            self._first_step = (ts, int(step))
+            self._first_step = (ts, step)
             return
         t0, s0 = self._first_step
         if step > s0 and ts > t0:

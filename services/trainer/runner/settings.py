@@ -6,17 +6,14 @@ import socket
 import sys
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import CommonSettings
 
 
-class RunnerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CNCLIP_RUNNER_", extra="ignore", populate_by_name=True)
+class RunnerSettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="CNCLIP_RUNNER_", extra="ignore")
 
-    redis_url: str = Field("redis://127.0.0.1:6379/0",
-                           validation_alias=AliasChoices("CNCLIP_RUNNER_REDIS_URL", "CNCLIP_REDIS_URL"))
-    data_root: Path = Field(Path("./data"),
-                            validation_alias=AliasChoices("CNCLIP_RUNNER_DATA_ROOT", "CNCLIP_DATA_ROOT"))
     python: str = sys.executable
     # Name of this machine in job records; the address other nodes reach it on (multi-node).
     host: str = socket.gethostname()

@@ -6,7 +6,9 @@ reader tailing the file sees each event at once; the job service forwards them t
 ``TqdmSink`` shows a progress bar when stderr is a terminal, ``MultiSink`` fans out,
 ``NullSink`` drops everything (ranks other than 0).
 
-Event types and their data are listed on ``shared.messages.JobEvent``.
+Event types and their fields are the payload models of ``shared.messages`` (``EVENT_PAYLOADS``);
+``JsonLinesSink`` checks each event against its model, so a misspelt field or an unknown type
+fails where it is emitted instead of vanishing from every chart.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any, Protocol, TextIO, runtime_checkable
 
-from shared.messages import JobEvent
+from shared.messages import JobEvent, TrainStep, Validation
 
 
 @runtime_checkable
@@ -61,7 +63,7 @@ class JsonLinesSink:
         self._lock = threading.Lock()
 
     def emit(self, type: str, **data: Any) -> None:
-        event = JobEvent(type=type, job_id=self.job_id, data=plain(data))
+        event = JobEvent.checked(type, plain(data), job_id=self.job_id)
         line = event.model_dump_json() + "\n"
         with self._lock:
             if self._file is None:
@@ -97,21 +99,17 @@ class TqdmSink:
     def emit(self, type: str, **data: Any) -> None:
         if not self.enabled:
             return
-        if type == "train_step":
-            step = int(data.get("step", 0))
-            bar = self._ensure_bar(data.get("total_steps"), step)
+        payload = JobEvent(type=type, data=plain(data)).payload()
+        if isinstance(payload, TrainStep):
+            step = payload.step or 0
+            bar = self._ensure_bar(payload.total_steps, step)
             bar.update(max(0, step - bar.n))
-            postfix = {"epoch": data.get("epoch")}
-            for key in ("loss", "lr", "samples_per_s", "logit_scale"):
-                if data.get(key) is not None:
-                    postfix[key] = f"{data[key]:.4g}"
-            bar.set_postfix(postfix, refresh=False)
-        elif type == "validation":
-            fields = ", ".join(
-                f"{k}={data[k]:.4g}" for k in ("loss", "r1", "r5", "r10", "mr")
-                if isinstance(data.get(k), (int, float))
-            )
-            self._write(f"validation @ step {data.get('step')}: {fields}")
+            figures = {**payload.figures(), **payload.set_fields("logit_scale")}
+            bar.set_postfix({"epoch": payload.epoch, **{k: f"{v:.4g}" for k, v in figures.items()}}, refresh=False)
+        elif isinstance(payload, Validation):
+            headline = payload.headline()
+            fields = ", ".join(f"{k}={v:.4g}" for k, v in headline.items() if k not in ("step", "epoch"))
+            self._write(f"validation @ step {payload.step}: {fields}")
 
     def _write(self, text: str) -> None:
         from tqdm import tqdm

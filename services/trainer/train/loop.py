@@ -46,6 +46,7 @@ from services.trainer.train.step import (  # noqa: F401 (re-exported)
 )
 from services.trainer.online.learner import OnlineLoginTimeout
 from services.trainer.precision import half_weights
+from shared.muge import write_predictions
 
 log = logging.getLogger("cnclip.train")
 
@@ -410,11 +411,8 @@ class Trainer:
             torch.stack([image_rows[i] for i in image_order]),
             image_order, [truth[t] for t in text_order],
         )
-        path = self.config.run_dir / "validation" / f"epoch{epoch + 1}_step{self.step}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", encoding="utf-8") as handle:
-            for text_id, top in zip(text_order, retrieval.top_image_ids):
-                handle.write(json.dumps({"text_id": text_id, "image_ids": top}) + "\n")
+        path = write_predictions(self.config.run_dir / "validation" / f"epoch{epoch + 1}_step{self.step}.jsonl",
+                                 zip(text_order, retrieval.top_image_ids))
         return {"r1": retrieval.r1, "r5": retrieval.r5, "r10": retrieval.r10, "mr": retrieval.mr,
                 "texts": len(text_order), "images": len(image_order), "predictions": str(path)}
 

@@ -1,6 +1,6 @@
-"""Text-to-image retrieval metrics over a whole split, as Chinese-CLIP's MUGE evaluator
-defines them: a text is a hit at k when any of its ground-truth images is among its k best
-images; R@k is the percentage of texts that hit, mean recall the mean of R@1, R@5, R@10.
+"""Text-to-image retrieval over a whole split: the best images of each text by feature
+similarity, scored with the MUGE metrics of ``shared.muge`` (the metric is defined there
+only; this module ranks).
 
 Scores are computed a chunk of texts at a time, so memory stays bounded by
 ``chunk x images`` however many texts there are.
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-RECALL_KS = (1, 5, 10)
+from shared.muge import RECALL_KS, recall_metrics
 
 
 @dataclass
@@ -22,7 +22,6 @@ class RetrievalResult:
     r10: float
     mr: float
     top_image_ids: list[list[Hashable]]  # per text, the best images (at most 10), best first
-    hits: torch.Tensor  # [texts, 3] bool: hit at 1, 5, 10
 
 
 def recall_at_k(
@@ -48,9 +47,7 @@ def recall_at_k(
         scores = text_features[start:start + chunk_size].float() @ images.t()
         best = scores.topk(k_max, dim=1).indices
         top_ids.extend([ids[i] for i in row] for row in best.tolist())
-    hits = torch.zeros(len(top_ids), len(RECALL_KS), dtype=torch.bool)
-    for t, (predicted, truth) in enumerate(zip(top_ids, ground_truth)):
-        for j, k in enumerate(RECALL_KS):
-            hits[t, j] = any(image_id in truth for image_id in predicted[:k])
-    r1, r5, r10 = (hits[:, j].float().mean().item() * 100 for j in range(len(RECALL_KS)))
-    return RetrievalResult(r1, r5, r10, (r1 + r5 + r10) / 3, top_ids, hits)
+    # Texts are keyed by position: two texts may share an id only in a caller's mistake, and
+    # the metric must count every row it was given.
+    metrics = recall_metrics(dict(enumerate(ground_truth)), dict(enumerate(top_ids)))
+    return RetrievalResult(metrics["r1"], metrics["r5"], metrics["r10"], metrics["mr"], top_ids)
