@@ -201,7 +201,7 @@ class OnlinePass(EventPayload):
     missing: dict[str, int] | None = None
     cache_hits: int | None = None
     dropped_leaked: int | None = None
-    source: dict[str, int] | None = None  # the image source's own counters of the pass
+    source: dict[str, float] | None = None  # the image source's own counters of the pass
     online_step: int | None = None
     wall_s: float | None = None
     steps: int | None = None
