@@ -6,6 +6,7 @@ the data root are also accepted under the names every service shares (``CNCLIP_R
 """
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -26,7 +27,8 @@ class CrawlerSettings(BaseSettings):
     data_root: Path = Field(
         Path("./data"), validation_alias=AliasChoices("CNCLIP_CRAWLER_DATA_ROOT", "CNCLIP_DATA_ROOT")
     )
-    # Private state of the crawler (cookies). Default: <data_root>/crawler.
+    # Private state of the crawler (cookies: keys to the shop account). Kept out of the data
+    # root, where jobs write their outputs. Default: ~/.local/state/cnclip-crawler.
     data_dir: Path | None = None
 
     # Site profile: a bundled name ("taobao", "shop") or the path of a TOML file.
@@ -70,6 +72,9 @@ class CrawlerSettings(BaseSettings):
     min_image_side: int = Field(64, ge=1)
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=10_000)
+    max_image_side: int = Field(20_000, ge=64, description="longer side; refused before decoding")
+    max_image_aspect: float = Field(25.0, ge=1.0, description="longer side / shorter side")
+    parallel_decodes: int = Field(1, ge=1, description="pictures decoded at once (bounds memory)")
     jpeg_quality: int = Field(90, ge=30, le=100)
 
     # Celery: no lost work.
@@ -95,7 +100,7 @@ class CrawlerSettings(BaseSettings):
 
     @property
     def state_dir(self) -> Path:
-        return self.data_dir if self.data_dir is not None else self.data_root / "crawler"
+        return self.data_dir if self.data_dir is not None else default_state_dir()
 
     @property
     def soft_time_limit_s(self) -> int:
@@ -107,9 +112,17 @@ class CrawlerSettings(BaseSettings):
             min_side=self.min_image_side,
             max_pixels=self.max_image_pixels,
             max_bytes=self.max_image_bytes,
+            max_side=self.max_image_side,
+            max_aspect=self.max_image_aspect,
             target_short_side=self.image_size,
             jpeg_quality=self.jpeg_quality,
         )
+
+
+def default_state_dir() -> Path:
+    """The XDG state folder of the user running the crawler (never inside the data root)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "cnclip-crawler"
 
 
 @lru_cache(maxsize=1)
