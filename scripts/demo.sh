@@ -31,11 +31,12 @@ bash scripts/stack.sh up
 if [ "${DEMO_KEEP:-0}" != "1" ]; then
   trap 'echo "== stopping the stack"; bash scripts/stack.sh down' EXIT
 fi
+ENV_FILE=$(bash scripts/stack.sh env-file)
 set -a
-# shellcheck disable=SC1091
-. "$CNCLIP_DATA_ROOT/stack/stack.env"
+# shellcheck disable=SC1090
+. "$ENV_FILE"
 set +a
-echo "   control: http://127.0.0.1:$CNCLIP_CONTROL_PORT/status (token in $CNCLIP_DATA_ROOT/stack/stack.env)"
+echo "   control: http://127.0.0.1:$CNCLIP_CONTROL_PORT/status (token in $ENV_FILE)"
 
 RUN_NAME=demo-$(date +%Y%m%d-%H%M%S)
 MODEL='"vision_model": "tiny", "text_model": "tiny", "precision": "fp32", "device": "cpu"'

@@ -289,3 +289,13 @@ def test_failure_meta_is_json(redis_client):
     (_, fields), = redis_client.xrange(redis_keys.crawl_failures())
     meta = json.loads(fields[b"meta"])
     assert meta["rank"] == 2 and meta["reason"] == "x" and meta["ts"] > 0
+
+
+def test_cookies_are_kept_out_of_the_data_root_by_default(tmp_path, monkeypatch):
+    from services.crawler.settings import CrawlerSettings
+
+    monkeypatch.delenv("CNCLIP_CRAWLER_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    settings = CrawlerSettings(data_root=tmp_path / "data")
+    assert settings.state_dir == tmp_path / "state" / "cnclip-crawler"
+    assert not settings.state_dir.is_relative_to(settings.data_root)
