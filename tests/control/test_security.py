@@ -4,6 +4,9 @@ real Redis, real Chromium)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 import httpx
@@ -15,8 +18,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 from shared import redis_keys
 from shared.jobs import JobStore
 from shared.jobspec import PredictSpec, TrainSpec
-from tests.control.conftest import ControlServer, sign_in
-from tests.helpers import RedisServer
+from tests.control.conftest import REPO_ROOT, ControlServer, sign_in
+from tests.helpers import RedisServer, free_port
 
 TRAIN = {"train_data": "datasets/tiny/lmdb/train", "max_steps": 3}
 
@@ -149,9 +152,19 @@ def test_session_cookie_is_secure_behind_a_tls_proxy(redis_url, data_root):
 
 
 def test_a_short_token_is_refused_on_a_public_address(redis_url, tmp_path):
-    server = ControlServer(redis_url, tmp_path, token="a", env={"CNCLIP_CONTROL_HOST": "0.0.0.0"})
-    with pytest.raises(RuntimeError, match="16"):
-        server.start(timeout=20)
+    env = {**os.environ, "CNCLIP_REDIS_URL": redis_url, "CNCLIP_DATA_ROOT": str(tmp_path),
+           "CNCLIP_CONTROL_HOST": "0.0.0.0", "CNCLIP_CONTROL_PORT": str(free_port())}
+    for token, refused in (("a", True), ("s" * 15, True), ("s" * 16, False)):
+        env["CNCLIP_CONTROL_TOKEN"] = token
+        try:
+            done = subprocess.run([sys.executable, "-m", "services.control"], cwd=REPO_ROOT, env=env,
+                                  capture_output=True, text=True, timeout=60 if refused else 15)
+        except subprocess.TimeoutExpired:
+            done = None  # it started serving
+        if refused:
+            assert done is not None and done.returncode == 2 and "at least 16" in done.stderr, done
+        else:
+            assert done is None, done.stderr
 
 
 def test_every_answer_carries_the_security_headers(control):
