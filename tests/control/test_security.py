@@ -3,7 +3,6 @@ non-JSON-able bodies, token guessing, framing, CDN scripts, and Redis restarts (
 real Redis, real Chromium)."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -11,13 +10,12 @@ import time
 
 import httpx
 import pytest
-import redis as redis_lib
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from shared import redis_keys
 from shared.jobs import JobStore
-from shared.jobspec import PredictSpec, TrainSpec
+from shared.jobspec import PredictSpec
 from tests.control.conftest import REPO_ROOT, ControlServer, sign_in
 from tests.helpers import RedisServer, free_port
 
