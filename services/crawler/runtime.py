@@ -120,6 +120,7 @@ class CrawlerRuntime:
                 pass
             self.session.close()
             self.download_pool.shutdown(wait=False, cancel_futures=True)
+            self.pictures.close()
             self.downloader.close()
             try:
                 ranks.release_rank(self.redis, self.rank, self.claim_owner)
