@@ -63,9 +63,10 @@ start_stack() {
   if [ "${DEMO_KEEP:-0}" != "1" ]; then
     trap stop_stack EXIT
   fi
+  ENV_FILE=$(bash scripts/stack.sh env-file)
   set -a
-  # shellcheck disable=SC1091
-  . "$CNCLIP_DATA_ROOT/stack/stack.env"
+  # shellcheck disable=SC1090
+  . "$ENV_FILE"
   set +a
   BASE_URL=http://127.0.0.1:$CNCLIP_CONTROL_PORT
 }
@@ -141,11 +142,11 @@ closing_words() {
     for entry in "${JOBS[@]}"; do echo "   ${entry%%|*}: $BASE_URL/status?job=${entry#*|}"; done
     echo "   crawler login: $BASE_URL/login"
     echo "   API docs:      $BASE_URL/docs"
-    echo "   sign in with the token: CNCLIP_CONTROL_TOKEN in $CNCLIP_DATA_ROOT/stack/stack.env"
+    echo "   sign in with the token: CNCLIP_CONTROL_TOKEN in $ENV_FILE"
     echo "   stop it all:   bash scripts/stack.sh down"
   else
     echo "   The stack stops now. To look around afterwards, run DEMO_KEEP=1 bash scripts/demo.sh"
-    echo "   ($BASE_URL/status and /login, token in $CNCLIP_DATA_ROOT/stack/stack.env)."
+    echo "   ($BASE_URL/status and /login, token in $ENV_FILE)."
   fi
   echo "   Results: $CNCLIP_DATA_ROOT/experiments (checkpoints, predictions); install and stack log: $LOG"
 }

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# The whole stack on one machine as local processes (no Docker): Redis from PATH with its data
-# under the data root, the demo shop, crawler worker(s) (Chromium under Xvfb), the job runner
-# and the control service, run by honcho from the Procfile.
+# The whole stack on one machine as local processes (no Docker): Redis from PATH (with a
+# password), the demo shop, crawler worker(s) (Chromium under Xvfb), the job runner and the
+# control service, run by honcho from the Procfile.
+#
+# The stack's own state (environment file with the token and Redis password, Redis data,
+# crawler cookies, log) lives in a state folder NEXT TO the data root (<data root>.stack), not
+# inside it: jobs write their outputs under the data root and must never reach that state.
 #
 #   scripts/stack.sh run      in the foreground; Ctrl-C stops everything
 #   scripts/stack.sh up       in the background; returns once the control service answers
@@ -10,6 +14,7 @@
 #
 # Settings (environment): CNCLIP_DATA_ROOT (./data), CNCLIP_CONTROL_PORT (8000),
 # CNCLIP_SHOP_PORT (8600), CNCLIP_STACK_REDIS_PORT (a free port), CNCLIP_STACK_CRAWLERS (1),
+# CNCLIP_STACK_STATE_DIR (<data root>.stack),
 # CNCLIP_CONTROL_TOKEN (made up once and kept in the environment file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +23,10 @@ PY=.venv/bin/python
 # This script's own helpers must not look like the stack's processes (see leftovers).
 unset CNCLIP_STACK_ID
 DATA_ROOT=$(realpath -m "${CNCLIP_DATA_ROOT:-./data}")
-STATE_DIR=$DATA_ROOT/stack
+STATE_DIR=$(realpath -m "${CNCLIP_STACK_STATE_DIR:-$DATA_ROOT.stack}")
+case "$STATE_DIR/" in
+  "$DATA_ROOT"/*) echo "stack: the state folder $STATE_DIR must not be inside the data root" >&2; exit 2 ;;
+esac
 ENV_FILE=$STATE_DIR/stack.env
 PID_FILE=$STATE_DIR/honcho.pid
 LOG_FILE=$STATE_DIR/stack.log
@@ -29,12 +37,16 @@ free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0
 port_free() { "$PY" -c 'import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null; }
 
 write_env() {
-  mkdir -p "$STATE_DIR" "$DATA_ROOT/redis" "$DATA_ROOT/crawler"
+  (umask 077; mkdir -p "$STATE_DIR" "$STATE_DIR/redis" "$STATE_DIR/crawler" "$DATA_ROOT")
   local token="${CNCLIP_CONTROL_TOKEN:-}"
   if [ -z "$token" ] && [ -f "$ENV_FILE" ]; then
     token=$(sed -n 's/^CNCLIP_CONTROL_TOKEN=//p' "$ENV_FILE")
   fi
   [ -n "$token" ] || token=$("$PY" -c 'import secrets; print(secrets.token_urlsafe(24))')
+  # Redis holds the QR codes (keys to the shop account): a password, made up once and kept.
+  local redis_password=""
+  [ -f "$ENV_FILE" ] && redis_password=$(sed -n 's/^CNCLIP_STACK_REDIS_PASSWORD=//p' "$ENV_FILE")
+  [ -n "$redis_password" ] || redis_password=$("$PY" -c 'import secrets; print(secrets.token_hex(24))')
   local redis_port="${CNCLIP_STACK_REDIS_PORT:-$(free_port)}"
   local control_port="${CNCLIP_CONTROL_PORT:-8000}" shop_port="${CNCLIP_SHOP_PORT:-8600}"
   for port in "$redis_port" "$control_port" "$shop_port"; do
@@ -45,9 +57,11 @@ write_env() {
   cat > "$ENV_FILE" <<ENV
 CNCLIP_STACK_ID=$(basename "$DATA_ROOT")-$$-$(date +%s)
 CNCLIP_DATA_ROOT=$DATA_ROOT
-CNCLIP_REDIS_URL=redis://127.0.0.1:$redis_port/0
+CNCLIP_REDIS_URL=redis://:$redis_password@127.0.0.1:$redis_port/0
 CNCLIP_STACK_REDIS_PORT=$redis_port
-CNCLIP_STACK_REDIS_DIR=$DATA_ROOT/redis
+CNCLIP_STACK_REDIS_PASSWORD=$redis_password
+REDISCLI_AUTH=$redis_password
+CNCLIP_STACK_REDIS_DIR=$STATE_DIR/redis
 CNCLIP_CONTROL_HOST=127.0.0.1
 CNCLIP_CONTROL_PORT=$control_port
 CNCLIP_CONTROL_TOKEN=$token
@@ -55,7 +69,7 @@ CNCLIP_SHOP_PORT=$shop_port
 CNCLIP_CRAWLER_PROFILE=shop
 CNCLIP_CRAWLER_BASE_URL=http://127.0.0.1:$shop_port
 CNCLIP_CRAWLER_BROWSER_MODE=${CNCLIP_CRAWLER_BROWSER_MODE:-xvfb}
-CNCLIP_CRAWLER_DATA_DIR=$DATA_ROOT/crawler
+CNCLIP_CRAWLER_DATA_DIR=$STATE_DIR/crawler
 CNCLIP_RUNNER_STOP_GRACE_S=3
 PYTHONUNBUFFERED=1
 ENV
@@ -106,7 +120,9 @@ down() {
   fi
   # Redis rewrites its environment block for its process title, so it is asked directly.
   local redis_port; redis_port=$(sed -n 's/^CNCLIP_STACK_REDIS_PORT=//p' "$ENV_FILE" 2>/dev/null)
-  if [ -n "$redis_port" ] && redis-cli -p "$redis_port" ping >/dev/null 2>&1; then
+  local REDISCLI_AUTH; REDISCLI_AUTH=$(sed -n 's/^CNCLIP_STACK_REDIS_PASSWORD=//p' "$ENV_FILE" 2>/dev/null)
+  export REDISCLI_AUTH
+  if [ -n "$redis_port" ] && redis-cli -p "$redis_port" ping 2>/dev/null | grep -q PONG; then
     echo "stack: Redis still answers on $redis_port; shutting it down" >&2
     redis-cli -p "$redis_port" shutdown >/dev/null 2>&1 || true
   fi
@@ -147,7 +163,10 @@ case "${1:-run}" in
   env)
     cat "$ENV_FILE"
     ;;
+  env-file)
+    echo "$ENV_FILE"
+    ;;
   *)
-    echo "usage: $0 run|up|down|env" >&2; exit 2
+    echo "usage: $0 run|up|down|env|env-file" >&2; exit 2
     ;;
 esac

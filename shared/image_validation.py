@@ -41,6 +41,10 @@ class ImageRules:
     min_side: int = 64                  # shorter side below this carries no useful detail
     max_pixels: int = 40_000_000        # width*height cap: refuse decompression bombs unread
     max_bytes: int = 10 * 1024 * 1024   # encoded size cap (downloads enforce it while streaming)
+    # A few KB of PNG can declare 600000x64 pixels: under the pixel cap, yet decoding one row
+    # at a time still allocates the whole strip. No product picture is that long or narrow.
+    max_side: int = 20_000
+    max_aspect: float = 25.0            # longer side / shorter side
     target_short_side: int = 224        # shorter side after resizing (0 keeps the size)
     jpeg_quality: int = 90
 
@@ -149,8 +153,12 @@ def _open_checked(data: bytes, rules: ImageRules) -> tuple[Image.Image, int]:
         raise InvalidImage(
             f"too many pixels: {width}x{height} > {rules.max_pixels} (decompression bomb?)"
         )
+    if max(width, height) > rules.max_side:
+        raise InvalidImage(f"too large: {width}x{height}, a side > {rules.max_side} px")
     if min(width, height) < rules.min_side:
         raise InvalidImage(f"too small: {width}x{height}, shorter side < {rules.min_side} px")
+    if max(width, height) > rules.max_aspect * min(width, height):
+        raise InvalidImage(f"absurd shape: {width}x{height}, sides more than {rules.max_aspect:g}:1")
     try:
         trailing = trailing_bytes(data)
     except InvalidImage as exc:  # worded as the decoder's own failures are
@@ -169,6 +177,14 @@ def _open_checked(data: bytes, rules: ImageRules) -> tuple[Image.Image, int]:
         image.load()
     except Exception as exc:
         raise InvalidImage(f"corrupt image: {exc}") from exc
+    if rules.target_short_side:
+        # Formats without a reduced decode (PNG, WebP, ...) are shrunk by a whole factor at
+        # once, so the conversions that follow copy a small picture, not the full one.
+        factor = min(image.width, image.height) // rules.target_short_side
+        if factor >= 2 and image.mode in ("L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "I", "F"):
+            info, fmt = image.info, image.format
+            image = image.reduce(factor)
+            image.info, image.format = info, fmt
     return image, trailing
 
 

@@ -32,6 +32,12 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "cancelled": frozenset(),
 }
 EVENTS_MAXLEN = 100_000  # bounds a runaway job's stream; far above a real run's event count
+# One event may carry at most this much JSON (a longer one keeps its type and a cut preview);
+# a job's stream at most STREAM_MAX_BYTES of event data (its oldest events go first).
+EVENT_MAX_BYTES = 64 * 1024
+STREAM_MAX_BYTES = 32 * 1024 * 1024
+# A finished job's events are kept this long (its record stays until deleted).
+FINISHED_EVENTS_TTL_S = 30 * 24 * 3600
 LOG_TAIL_LINES = 40
 
 
@@ -132,6 +138,7 @@ return ARGV[1]
 # KEYS: job hash, events stream
 # ARGV: allowed current states (json list), new state, events maxlen, state event json
 #       (or ''), field/value pairs...
+
 # Returns {1, state} on success, {0, current state} when the job is in another state,
 # {-1, ''} when the job does not exist.
 _TRANSITION = """
@@ -149,14 +156,76 @@ end
 return {1, ARGV[2]}
 """
 
+# KEYS: events stream, events bytes counter
+# ARGV: max stream bytes, event json...
+# Appends the events and counts their bytes; while the stream holds more than the bound, its
+# oldest entries are removed (and uncounted). Returns the id of the last entry added.
+_APPEND = """
+local last = ''
+local added = 0
+for i = 2, #ARGV do
+  last = redis.call('XADD', KEYS[1], '*', 'event', ARGV[i])
+  added = added + #ARGV[i]
+end
+local total = redis.call('INCRBY', KEYS[2], added)
+local limit = tonumber(ARGV[1])
+while total > limit do
+  local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 64)
+  if #oldest == 0 then
+    redis.call('SET', KEYS[2], 0)
+    break
+  end
+  for _, entry in ipairs(oldest) do
+    if total <= limit then break end
+    local size = 0
+    for j = 2, #entry[2], 2 do size = size + #entry[2][j] end
+    redis.call('XDEL', KEYS[1], entry[1])
+    total = redis.call('DECRBY', KEYS[2], size)
+  end
+end
+return last
+"""
+
+# KEYS: job hash, events stream, events bytes counter, cancel flag, jobs index
+# ARGV: job id
+# Deletes a finished job's record and events. Returns {1, state}, {0, state} when the job has
+# not finished, {-1, ''} when there is no such job.
+_DELETE = """
+local current = redis.call('HGET', KEYS[1], 'state')
+if not current then return {-1, ''} end
+current = cjson.decode(current)
+if current ~= 'succeeded' and current ~= 'failed' and current ~= 'cancelled' then
+  return {0, current}
+end
+local key = redis.call('HGET', KEYS[1], 'idempotency_key')
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+redis.call('ZREM', KEYS[5], ARGV[1])
+return {1, current, key or 'null'}
+"""
+
+
+def cap_event(event: JobEvent) -> str:
+    """The event as JSON, cut to EVENT_MAX_BYTES: an oversized one keeps its type, timestamp
+    and job id, with a preview of its data and its original size."""
+    raw = event.model_dump_json()
+    if len(raw.encode()) <= EVENT_MAX_BYTES:
+        return raw
+    preview = json.dumps(event.data, ensure_ascii=False, default=str)[:EVENT_MAX_BYTES // 4]
+    return event.model_copy(update={"data": {
+        "truncated": True, "bytes": len(raw.encode()), "preview": preview,
+        **({"level": event.data["level"]} if isinstance(event.data.get("level"), str) else {})}}).model_dump_json()
+
 
 class JobStore:
     """Create, read, list and transition jobs. Works on a synchronous redis-py client."""
 
-    def __init__(self, client: redis_lib.Redis):
+    def __init__(self, client: redis_lib.Redis, stream_max_bytes: int = STREAM_MAX_BYTES):
         self.client = client
+        self.stream_max_bytes = stream_max_bytes
         self._create = client.register_script(_CREATE)
         self._transition = client.register_script(_TRANSITION)
+        self._append = client.register_script(_APPEND)
+        self._delete = client.register_script(_DELETE)
 
     # ---- create / read ------------------------------------------------------------------
     def create(self, spec: JobSpec, *, idempotency_key: str | None = None,
@@ -246,7 +315,34 @@ class JobStore:
             raise JobNotFound(job_id)
         if status == 0:
             raise InvalidTransition(job_id, value, new_state)
+        if new_state in TERMINAL:
+            # Old jobs' streams do not pile up in Redis; the record keeps the summary.
+            pipe = self.client.pipeline(transaction=False)
+            pipe.expire(redis_keys.job_events(job_id), FINISHED_EVENTS_TTL_S)
+            pipe.expire(redis_keys.job_events_bytes(job_id), FINISHED_EVENTS_TTL_S)
+            pipe.execute()
         return self.get(job_id)
+
+    def delete(self, job_id: str) -> str:
+        """Removes a finished job's record, events and idempotency key. Returns the state it
+        had; raises JobNotFound, or InvalidTransition when it has not finished (cancel first)."""
+        result = self._delete(
+            keys=[redis_keys.job(job_id), redis_keys.job_events(job_id),
+                  redis_keys.job_events_bytes(job_id), redis_keys.job_cancel(job_id),
+                  redis_keys.jobs_index()], args=[job_id])
+        status, value = result[0], result[1]
+        value = value.decode() if isinstance(value, bytes) else value
+        if status == -1:
+            raise JobNotFound(job_id)
+        if status == 0:
+            raise InvalidTransition(job_id, value, "deleted")
+        key = json.loads(result[2])
+        if key:
+            # The key may since name another job: only our own mapping goes.
+            self.client.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then "
+                             "return redis.call('DEL', KEYS[1]) end return 0", 1,
+                             redis_keys.idempotency(key), job_id)
+        return value
 
     def update(self, job_id: str, *, only_in: Iterable[str] = ("running",), **fields: Any) -> bool:
         """Write fields of a job that is still in one of ``only_in`` (no state change, no
@@ -275,10 +371,17 @@ class JobStore:
 
     # ---- events -------------------------------------------------------------------------
     def append_event(self, job_id: str, event: JobEvent) -> str:
-        if event.job_id is None:
-            event = event.model_copy(update={"job_id": job_id})
-        entry = self.client.xadd(redis_keys.job_events(job_id), {"event": event.model_dump_json()},
-                                 maxlen=EVENTS_MAXLEN, approximate=True)
+        return self.append_events(job_id, [event])
+
+    def append_events(self, job_id: str, events: list[JobEvent]) -> str:
+        """Appends in one step, each event cut to EVENT_MAX_BYTES and the stream kept under
+        STREAM_MAX_BYTES. Returns the last entry's id ('' for no events)."""
+        if not events:
+            return ""
+        payloads = [cap_event(e if e.job_id is not None else e.model_copy(update={"job_id": job_id}))
+                    for e in events]
+        entry = self._append(keys=[redis_keys.job_events(job_id), redis_keys.job_events_bytes(job_id)],
+                             args=[self.stream_max_bytes, *payloads])
         return entry.decode() if isinstance(entry, bytes) else entry
 
     def events(self, job_id: str, after: str = "-", count: int | None = None) -> list[tuple[str, JobEvent]]:
@@ -294,4 +397,5 @@ def parse_event_fields(fields: dict[Any, Any]) -> JobEvent:
 
 __all__ = ["JobRecord", "JobStore", "JobState", "STATES", "TERMINAL", "TRANSITIONS",
            "JobNotFound", "InvalidTransition", "IdempotencyConflict", "new_job_id",
-           "TrainSpec", "PredictSpec", "parse_event_fields", "LOG_TAIL_LINES"]
+           "TrainSpec", "PredictSpec", "parse_event_fields", "LOG_TAIL_LINES", "EVENT_MAX_BYTES",
+           "STREAM_MAX_BYTES", "cap_event"]

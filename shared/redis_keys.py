@@ -71,6 +71,11 @@ def job_events(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:events"
 
 
+def job_events_bytes(job_id: str) -> str:
+    """Integer: bytes of event data in the job's stream (bounds the stream by size)."""
+    return f"{PREFIX}:job:{job_id}:events:bytes"
+
+
 def job_cancel(job_id: str) -> str:
     """String set when a job is to be cancelled; the runner polls it."""
     return f"{PREFIX}:job:{job_id}:cancel"

@@ -26,17 +26,21 @@ def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> 
 
 
 class RedisServer:
-    """A real redis-server on a free loopback port with its data in a temporary folder."""
+    """A real redis-server on a free loopback port with its data in a temporary folder and,
+    like every deployment, a password (``url`` carries it; ``password=None`` for none)."""
 
-    def __init__(self, workdir: Path, port: int | None = None, appendonly: bool = True):
+    def __init__(self, workdir: Path, port: int | None = None, appendonly: bool = True,
+                 password: str | None = "test-redis-pw"):
         self.workdir = workdir
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.password = password
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> "RedisServer":
         binary = shutil.which("redis-server")
@@ -46,7 +50,8 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
              "--appendonly", "yes" if self.appendonly else "no", "--save", "",
-             "--protected-mode", "yes", "--loglevel", "warning"],
+             "--protected-mode", "yes", "--loglevel", "warning",
+             *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_for_port(self.port)

@@ -21,10 +21,16 @@ BIN = Path(sys.executable).parent
 COMPOSE = [str(BIN / "docker-compose"), "-f", str(REPO / "docker-compose.yml")]
 
 
-def compose(*args: str, token: str | None = "test-token") -> subprocess.CompletedProcess:
+REDIS_PASSWORD = "test-redis-password"
+
+
+def compose(*args: str, token: str | None = "test-token",
+            redis_password: str | None = REDIS_PASSWORD) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CNCLIP_")}
     if token is not None:
         env["CNCLIP_CONTROL_TOKEN"] = token
+    if redis_password is not None:
+        env["CNCLIP_REDIS_PASSWORD"] = redis_password
     return subprocess.run([*COMPOSE, "--profile", "demo", "--profile", "monitoring", *args],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
 
@@ -44,6 +50,32 @@ def test_compose_file_is_valid():
 def test_compose_refuses_to_run_control_without_a_token():
     done = compose("config", "--quiet", token=None)
     assert done.returncode != 0 and "CNCLIP_CONTROL_TOKEN" in done.stderr
+
+
+def test_compose_refuses_to_run_without_a_redis_password():
+    done = compose("config", "--quiet", redis_password=None)
+    assert done.returncode != 0 and "CNCLIP_REDIS_PASSWORD" in done.stderr
+
+
+def test_compose_redis_needs_the_password_everywhere_and_nothing_is_exposed(config):
+    services = config["services"]
+    redis = services["redis"]["command"]
+    assert redis[redis.index("--requirepass") + 1] == REDIS_PASSWORD
+    for name in ("control", "crawler", "trainer"):
+        url = services[name]["environment"]["CNCLIP_REDIS_URL"]
+        assert url == f"redis://:{REDIS_PASSWORD}@redis:6379/0", (name, url)
+    assert f"redis://:{REDIS_PASSWORD}@redis:6379/0" in services["flower"]["command"]
+    assert not services["redis"].get("ports")
+    # The demo shop (its test switches can log a crawler in) is published on loopback only.
+    assert all(p.get("host_ip") == "127.0.0.1" for p in services["shop"]["ports"]), services["shop"]["ports"]
+    assert all(p.get("host_ip") == "127.0.0.1" for p in services["flower"]["ports"])
+    # The trainer gets a private shared-memory size, not the host's IPC namespace.
+    trainer = services["trainer"]
+    assert "ipc" not in trainer and int(trainer["shm_size"]) >= 1 << 30
+    # The crawlers' cookies are in their own volume, and the crawler does not see the data root.
+    crawler = services["crawler"]
+    assert [v["type"] for v in crawler["volumes"]] == ["volume"]
+    assert "/data/crawler" == crawler["environment"]["CNCLIP_CRAWLER_DATA_DIR"]
 
 
 def test_compose_services_as_specified(config):
@@ -72,7 +104,8 @@ def test_compose_services_as_specified(config):
 
 def test_compose_reads_ranks_and_gpus_from_the_environment():
     env = {k: v for k, v in os.environ.items() if not k.startswith("CNCLIP_")}
-    env.update({"CNCLIP_CONTROL_TOKEN": "t", "CNCLIP_CRAWLER_RANKS": "5", "CNCLIP_GPUS_PER_NODE": "8"})
+    env.update({"CNCLIP_CONTROL_TOKEN": "t", "CNCLIP_REDIS_PASSWORD": "p", "CNCLIP_CRAWLER_RANKS": "5",
+                "CNCLIP_GPUS_PER_NODE": "8"})
     done = subprocess.run([*COMPOSE, "config", "--format", "json"], capture_output=True, text=True, env=env, cwd=REPO)
     services = json.loads(done.stdout)["services"]
     assert services["crawler"]["deploy"]["replicas"] == 5

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+import redis as redis_lib
 
 from tests.helpers import free_port
 
@@ -17,8 +18,12 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 
+def _state(root: Path) -> Path:
+    return root.parent / (root.name + ".stack")
+
+
 def _env_file(root: Path) -> dict[str, str]:
-    lines = (root / "stack" / "stack.env").read_text().splitlines()
+    lines = (_state(root) / "stack.env").read_text().splitlines()
     return dict(line.split("=", 1) for line in lines if "=" in line)
 
 
@@ -40,7 +45,7 @@ def test_stack_up_and_down_leaves_nothing(tmp_path):
                 "CNCLIP_SHOP_PORT": str(free_port())})
     up = subprocess.run(["bash", "scripts/stack.sh", "up"], cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=240)
-    settings = _env_file(root) if (root / "stack" / "stack.env").exists() else {}
+    settings = _env_file(root) if (_state(root) / "stack.env").exists() else {}
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         base = f"http://127.0.0.1:{settings['CNCLIP_CONTROL_PORT']}"
@@ -53,12 +58,26 @@ def test_stack_up_and_down_leaves_nothing(tmp_path):
             ranks = [r for r in httpx.get(base + "/api/login", headers=headers).json()
                      if r["state"] in ("waiting_for_scan", "logged_in")]
             time.sleep(1)
-        assert ranks, (root / "stack" / "stack.log").read_text()[-3000:]
+        assert ranks, (_state(root) / "stack.log").read_text()[-3000:]
         assert httpx.get(f"http://127.0.0.1:{settings['CNCLIP_SHOP_PORT']}/healthz").status_code == 200
         processes = _stack_processes(settings["CNCLIP_STACK_ID"])
         names = {p.name() for p in processes}
         assert {"Xvfb", "chromedriver"} <= names and any("chrom" in n for n in names - {"chromedriver"}), names
-        assert (root / "redis" / "appendonlydir").is_dir()  # Redis keeps its data under the data root
+        # The stack's state (Redis data, cookies, environment) is next to the data root, where
+        # no job can write, and nothing of it is inside.
+        assert (_state(root) / "redis" / "appendonlydir").is_dir()
+        assert settings["CNCLIP_CRAWLER_DATA_DIR"] == str(_state(root) / "crawler")
+        assert not any((root / name).exists() for name in ("redis", "crawler", "stack")), list(root.iterdir())
+        # Redis answers only with the password, which no command line shows.
+        port = int(settings["CNCLIP_STACK_REDIS_PORT"])
+        with pytest.raises(redis_lib.AuthenticationError):
+            redis_lib.Redis(port=port).ping()
+        assert redis_lib.Redis.from_url(settings["CNCLIP_REDIS_URL"]).ping()
+        password = settings["CNCLIP_STACK_REDIS_PASSWORD"]
+        assert len(password) >= 32
+        assert not [p.pid for p in processes if password in " ".join(p.cmdline())]
+        # The shop's test switches are off.
+        assert httpx.get(f"http://127.0.0.1:{settings['CNCLIP_SHOP_PORT']}/_test/tokens").status_code == 404
     finally:
         down = subprocess.run(["bash", "scripts/stack.sh", "down"], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=120)

@@ -31,8 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     except InsecureBindError as exc:
         print(f"cnclip-control: {exc}", file=sys.stderr)
         return 2
+    # X-Forwarded-* is believed only from the proxies named in forwarded_allow_ips.
+    proxied = bool(settings.forwarded_allow_ips)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                proxy_headers=False, access_log=False)
+                proxy_headers=proxied, forwarded_allow_ips=settings.forwarded_allow_ips or None,
+                access_log=False)
     return 0
 
 

@@ -15,6 +15,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from fastapi.concurrency import run_in_threadpool
 
 from services.control.auth import AuthMiddleware, resolve_token
+from services.control.docs import add_docs
+from services.control.headers import SecurityHeadersMiddleware
+from services.control.limits import BodySizeLimitMiddleware
 from services.control.metrics import LatencyMiddleware
 from services.control.routes import jobs, login, pages, status
 from services.control.security import COMMON_RESPONSES, bearer
@@ -48,7 +51,7 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="Online-CNCLIP control",
                   description="Submit and follow training and prediction jobs; watch the crawler pool.",
-                  version="0.1.0", lifespan=lifespan)
+                  version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.control = control
     app.state.status_cache = status.StatusCache(settings.status_cache_s)
     app.state.templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -57,6 +60,7 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
     app.include_router(login.router)
     app.include_router(status.router)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    add_docs(app)
 
     @app.get("/metrics", tags=["metrics"], dependencies=[Depends(bearer)],
              response_class=Response, responses={200: {"content": {"text/plain": {}}}, **COMMON_RESPONSES},
@@ -75,7 +79,25 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
     async def redis_unavailable(_request: Request, exc: redis_lib.RedisError) -> JSONResponse:
         return JSONResponse({"detail": f"Redis is unavailable: {exc}"}, status_code=503)
 
-    # Outermost first: latency covers everything, including refused requests.
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": validation_errors(exc)}, status_code=422)
+
+    # Added innermost first: latency covers everything, including refused requests, and every
+    # answer (refusals included) carries the security headers.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AuthMiddleware, token=token)
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(LatencyMiddleware, metrics=control.metrics, router_app=app)
     return app
+
+
+def validation_errors(exc: RequestValidationError) -> list[dict]:
+    """The errors without the offending input: FastAPI's default answer echoes it, which fails
+    (500) for values JSON cannot carry (NaN, infinity) and repeats whatever a client sent."""
+    errors = []
+    for error in exc.errors():
+        errors.append({"loc": [part if isinstance(part, (str, int)) else str(part)
+                               for part in error.get("loc", ())],
+                       "msg": str(error.get("msg", "")), "type": str(error.get("type", ""))})
+    return errors

@@ -3,8 +3,10 @@
 The API takes it as ``Authorization: Bearer <token>`` (or HTTP basic with the token as
 password, for curl -u); pages get a session cookie from a sign-in form. The cookie holds an
 HMAC of the token, not the token, and is HttpOnly + SameSite=Strict so other sites can neither
-read it nor make the browser send it. This is plain ASGI middleware so that static files, the
-OpenAPI docs and streaming responses are covered too.
+read it nor make the browser send it. SameSite does not separate ports of one host (they are
+the same *site*), so a state-changing request that carries only the cookie must also come from
+this origin (Origin, else Referer, names this host). This is plain ASGI middleware so that static
+files, the OpenAPI docs and streaming responses are covered too.
 """
 from __future__ import annotations
 
@@ -16,13 +18,19 @@ import logging
 import secrets
 from html import escape
 from typing import Any
+from urllib.parse import urlsplit
 
 from services.control.settings import ControlSettings, is_loopback
 
 log = logging.getLogger(__name__)
 COOKIE = "cnclip_session"
-OPEN_PATHS = frozenset({"/healthz"})
 SIGN_IN_PATH = "/auth/session"
+SIGN_IN_STYLE = "/static/sign-in.css"
+# The sign-in page's own style sheet is open so the page renders before anyone signs in.
+OPEN_PATHS = frozenset({"/healthz", SIGN_IN_STYLE})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# A token anyone could guess in an afternoon must not guard a service others can reach.
+MIN_TOKEN_CHARS = 16
 
 
 class InsecureBindError(RuntimeError):
@@ -31,7 +39,12 @@ class InsecureBindError(RuntimeError):
 
 def resolve_token(settings: ControlSettings) -> str:
     if settings.token is not None and settings.token.get_secret_value():
-        return settings.token.get_secret_value()
+        token = settings.token.get_secret_value()
+        if len(token) < MIN_TOKEN_CHARS and not is_loopback(settings.host):
+            raise InsecureBindError(
+                f"refusing to listen on {settings.host} with a {len(token)}-character token: "
+                f"use at least {MIN_TOKEN_CHARS} random characters (openssl rand -hex 24)")
+        return token
     if not is_loopback(settings.host):
         raise InsecureBindError(
             f"refusing to listen on {settings.host}: set CNCLIP_CONTROL_TOKEN for any "
@@ -55,35 +68,48 @@ def _headers(scope: dict[str, Any]) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
 
 
-def request_token_ok(headers: dict[str, str], token: str) -> bool:
+def request_credential(headers: dict[str, str], token: str) -> str | None:
+    """Which valid credential the request carries: ``"header"`` (bearer or basic, which a
+    browser never adds on its own), ``"cookie"`` (the page session) or None."""
     auth = headers.get("authorization", "")
     scheme, _, value = auth.partition(" ")
     if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode()):
-        return True
+        return "header"
     if scheme.lower() == "basic":
         try:
             _, _, password = base64.b64decode(value.strip()).decode().partition(":")
         except (ValueError, UnicodeDecodeError):
             password = ""
         if password and hmac.compare_digest(password.encode(), token.encode()):
-            return True
+            return "header"
     cookie = headers.get("cookie", "")
     expected = session_value(token)
     for part in cookie.split(";"):
         name, _, value = part.strip().partition("=")
         if name == COOKIE and hmac.compare_digest(value.encode(), expected.encode()):
-            return True
-    return False
+            return "cookie"
+    return None
+
+
+def request_token_ok(headers: dict[str, str], token: str) -> bool:
+    return request_credential(headers, token) is not None
+
+
+def same_origin(headers: dict[str, str]) -> bool:
+    """The request was sent by a page of this service: its Origin (or, without one, its
+    Referer) names the host the request was sent to, port included."""
+    host = headers.get("host", "").lower()
+    source = headers.get("origin") or headers.get("referer") or ""
+    if not host or not source or source == "null":
+        return False
+    return urlsplit(source).netloc.lower() == host
 
 
 def sign_in_page(next_path: str = "/status", error: str = "") -> str:
     message = f'<p class="error">{escape(error)}</p>' if error else ""
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>Sign in - Online-CNCLIP</title><meta name="viewport" content="width=device-width">
-<style>body{{font-family:system-ui,sans-serif;background:#f4f5f7;display:flex;justify-content:center;
-padding-top:10vh}}form{{background:#fff;padding:2em;border-radius:8px;box-shadow:0 1px 4px #0002;
-min-width:20em}}input{{width:100%;padding:.5em;margin:.5em 0 1em;box-sizing:border-box}}
-.error{{color:#b00020}}button{{padding:.5em 1.5em}}</style></head><body>
+<link rel="stylesheet" href="{SIGN_IN_STYLE}"></head><body class="sign-in">
 <form method="post" action="{SIGN_IN_PATH}" id="sign-in"><h1>Online-CNCLIP</h1>{message}
 <label for="token">Access token</label><input type="password" id="token" name="token" autofocus required>
 <input type="hidden" name="next" value="{escape(next_path)}"><button type="submit">Sign in</button>
@@ -99,10 +125,20 @@ class AuthMiddleware:
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
-        if path in OPEN_PATHS or (path == SIGN_IN_PATH and scope.get("method") == "POST"):
+        if path in OPEN_PATHS:
             return await self.app(scope, receive, send)
         headers = _headers(scope)
-        if request_token_ok(headers, self.token):
+        if path == SIGN_IN_PATH and scope.get("method") == "POST":
+            # Another site must not sign a browser in either (it could then drive the pages).
+            if (headers.get("origin") or headers.get("referer")) and not same_origin(headers):
+                return await _send_json(send, 403, "cross-site sign-in refused")
+            return await self.app(scope, receive, send)
+        credential = request_credential(headers, self.token)
+        if credential == "cookie" and scope.get("method", "GET") not in SAFE_METHODS \
+                and not same_origin(headers):
+            return await _send_json(send, 403, "cross-site request refused: a request that changes "
+                                               "state with the page cookie must come from this origin")
+        if credential is not None:
             return await self.app(scope, receive, send)
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 4401})
@@ -119,3 +155,11 @@ class AuthMiddleware:
             (b"content-type", content_type), (b"content-length", str(len(body)).encode()),
             (b"www-authenticate", b'Bearer realm="cnclip"'), (b"cache-control", b"no-store")]})
         await send({"type": "http.response.body", "body": body})
+
+
+async def _send_json(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store")]})
+    await send({"type": "http.response.body", "body": body})

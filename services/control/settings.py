@@ -26,7 +26,16 @@ class ControlSettings(CommonSettings):
     # How stale /api/status may be; requests within it share one read of Redis.
     status_cache_s: float = Field(0.5, ge=0, le=60)
     sse_ping_s: float = Field(15.0, gt=0)
+    # The session cookie is marked Secure when this is set or the request came over HTTPS;
+    # behind a TLS proxy, list the proxy's address in forwarded_allow_ips so its
+    # X-Forwarded-Proto is believed (and nobody else's).
     secure_cookies: bool = False
+    forwarded_allow_ips: str = ""
+    # A spec is a few KB; bodies beyond this are refused (413) before they are read.
+    max_body_bytes: int = Field(256 * 1024, ge=1024)
+    # Wrong sign-in tries per client address and window before 429.
+    sign_in_failures: int = Field(10, ge=1)
+    sign_in_window_s: float = Field(60.0, gt=0)
     log_level: str = "info"
 
 

@@ -5,6 +5,9 @@ from dataclasses import dataclass, field
 
 import redis as redis_lib
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from celery import Celery
 from fastapi import Request
 
@@ -31,8 +34,13 @@ class ControlState:
 
     @classmethod
     def build(cls, settings: ControlSettings, token: str) -> "ControlState":
+        # After a Redis restart the pooled connections are dead: a command that finds its
+        # connection closed tries once more on a fresh one instead of answering 503.
+        retry_once = {"retry_on_error": [redis_lib.ConnectionError]}
         sync_client = redis_lib.Redis.from_url(settings.redis_url, socket_timeout=10,
-                                               health_check_interval=30)
+                                               health_check_interval=30,
+                                               retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
+                                               **retry_once)
         celery = Celery("cnclip-control", broker=settings.redis_url)
         celery.conf.update(task_routes={RUN_JOB_TASK: {"queue": redis_keys.GPU_QUEUE}},
                            broker_connection_retry_on_startup=True, task_ignore_result=True,
@@ -41,7 +49,9 @@ class ControlState:
                    # Event streams block in XREAD for up to sse_ping_s: reads may take that long.
                    redis=aioredis.Redis.from_url(settings.redis_url, health_check_interval=30,
                                                  socket_timeout=settings.sse_ping_s + 30,
-                                                 socket_connect_timeout=10),
+                                                 socket_connect_timeout=10,
+                                                 retry=AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), 1),
+                                                 **retry_once),
                    sync_redis=sync_client, store=JobStore(sync_client),
                    metrics=Metrics(sync_client), celery=celery)
 

@@ -177,6 +177,10 @@ class SiteProfile(_Section):
     # URL patterns (Chrome DevTools wildcards) the browser does not load, e.g. result pictures
     # that the crawler downloads itself. Leave empty for sites that watch for it.
     block_urls: list[str] = []
+    # Pictures (and their redirects) may come from loopback, private or link-local addresses.
+    # Off for sites on the internet: a result page must not steer the crawler at the
+    # machine's own services or the cloud metadata address. On for a shop on this network.
+    private_image_hosts: bool = False
 
     def with_base_url(self, base_url: str | None) -> "SiteProfile":
         if not base_url:

@@ -22,15 +22,16 @@ from pydantic import ValidationError
 from services.crawler import ranks
 from services.crawler.browser import BrowserSession, is_session_lost
 from services.crawler.cookies import CookieStore
-from services.crawler.download import DownloadError, ImageDownloader
+from services.crawler.download import ImageDownloader
 from services.crawler.login import LoginStatePublisher, QrLogin
+from services.crawler.pictures import PictureFetcher
 from services.crawler.politeness import Politeness
 from services.crawler.profile import SiteProfile, load_profile
 from services.crawler.results import ResultPublisher
 from services.crawler.search import SearchFailed, SiteSearch
 from services.crawler.settings import CrawlerSettings
 from shared import redis_keys
-from shared.image_validation import ImageRules, InvalidImage, prepare_image
+from shared.image_validation import ImageRules
 from shared.messages import CrawlRequest, CrawlResult, MissingImage
 from shared.query import normalize_query
 
@@ -86,10 +87,12 @@ class CrawlerRuntime:
             timeout_s=settings.download_timeout_s, max_bytes=settings.max_image_bytes,
             attempts=settings.download_attempts, backoff_s=settings.download_backoff_s,
             concurrency=settings.download_concurrency, extra_headers=self.profile.download_headers,
+            allow_private_hosts=self.profile.private_image_hosts,
         )
         self.download_pool = ThreadPoolExecutor(settings.download_concurrency,
                                                 thread_name_prefix="download")
         self.rules: ImageRules = settings.image_rules()
+        self.pictures = PictureFetcher(self.downloader, self.rules, settings.parallel_decodes)
         self.results = ResultPublisher(self.redis, self.rank, settings.done_ttl_s,
                                        settings.failures_maxlen)
         self.queries_since_start = 0
@@ -121,6 +124,7 @@ class CrawlerRuntime:
                 pass
             self.session.close()
             self.download_pool.shutdown(wait=False, cancel_futures=True)
+            self.pictures.close()
             self.downloader.close()
             try:
                 ranks.release_rank(self.redis, self.rank, self.claim_owner)
@@ -325,13 +329,4 @@ class CrawlerRuntime:
                             for f in failures[missing_slots:]]
 
     def _fetch_one(self, url: str, referer: str, deadline: float) -> tuple[bytes | None, str]:
-        if time.time() > deadline:
-            return None, "deadline passed before the download"
-        try:
-            data = self.downloader.fetch(url, referer=referer, deadline=deadline)
-        except DownloadError as exc:
-            return None, f"download failed: {exc.reason}"
-        try:
-            return prepare_image(data, self.rules), ""
-        except InvalidImage as exc:
-            return None, f"invalid image: {exc.reason}"
+        return self.pictures.fetch(url, referer, deadline)

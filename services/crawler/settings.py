@@ -5,6 +5,7 @@ under the names every service shares, ``CNCLIP_REDIS_URL`` and ``CNCLIP_DATA_ROO
 """
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -19,7 +20,8 @@ from shared.settings import CommonSettings
 class CrawlerSettings(CommonSettings):
     model_config = SettingsConfigDict(env_prefix="CNCLIP_CRAWLER_", extra="ignore")
 
-    # Private state of the crawler (cookies). Default: <data_root>/crawler.
+    # Private state of the crawler (cookies: keys to the shop account). Kept out of the data
+    # root, where jobs write their outputs. Default: ~/.local/state/cnclip-crawler.
     data_dir: Path | None = None
 
     # Site profile: a bundled name ("taobao", "shop") or the path of a TOML file.
@@ -63,6 +65,9 @@ class CrawlerSettings(CommonSettings):
     min_image_side: int = Field(64, ge=1)
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=10_000)
+    max_image_side: int = Field(20_000, ge=64, description="longer side; refused before decoding")
+    max_image_aspect: float = Field(25.0, ge=1.0, description="longer side / shorter side")
+    parallel_decodes: int = Field(1, ge=1, description="pictures decoded at once (bounds memory)")
     jpeg_quality: int = Field(90, ge=30, le=100)
 
     # Celery: no lost work.
@@ -88,7 +93,7 @@ class CrawlerSettings(CommonSettings):
 
     @property
     def state_dir(self) -> Path:
-        return self.data_dir if self.data_dir is not None else self.data_root / "crawler"
+        return self.data_dir if self.data_dir is not None else default_state_dir()
 
     @property
     def soft_time_limit_s(self) -> int:
@@ -100,9 +105,17 @@ class CrawlerSettings(CommonSettings):
             min_side=self.min_image_side,
             max_pixels=self.max_image_pixels,
             max_bytes=self.max_image_bytes,
+            max_side=self.max_image_side,
+            max_aspect=self.max_image_aspect,
             target_short_side=self.image_size,
             jpeg_quality=self.jpeg_quality,
         )
+
+
+def default_state_dir() -> Path:
+    """The XDG state folder of the user running the crawler (never inside the data root)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "cnclip-crawler"
 
 
 @lru_cache(maxsize=1)

@@ -35,9 +35,9 @@ class ShopSettings(CommonSettings):
     session_cookie: str = "cnclip_shop_session"
     nick: str = "tb_demo_shopper"
 
-    # Test switches under /_test/ (faults, QR tokens, session expiry). On for the demo and the
-    # tests; a shop reachable by others should run with CNCLIP_SHOP_TEST_ENDPOINTS=false.
-    test_endpoints: bool = True
+    # Test switches under /_test/ (faults, QR tokens, session expiry): they can log a crawler
+    # in, so they are off unless a test turns them on (CNCLIP_SHOP_TEST_ENDPOINTS=true).
+    test_endpoints: bool = False
 
     # Fault payloads
     huge_image_bytes: int = Field(30_000_000, ge=1_000_000)

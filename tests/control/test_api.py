@@ -57,7 +57,7 @@ def test_sign_in_sets_a_cookie_for_the_pages(control):
         assert "samesite=strict" in right.headers["set-cookie"].lower()
         assert browser.get("/status").status_code == 200
         assert browser.get("/api/status").status_code == 200
-        browser.post("/auth/logout")
+        browser.post("/auth/logout", headers={"Origin": control.base_url})
         assert browser.get("/status").status_code == 401
 
 

@@ -249,7 +249,7 @@ def image_server():
 
 def test_downloader_retries_transient_errors_and_explains_the_rest(image_server):
     downloader = ImageDownloader(timeout_s=1.0, max_bytes=100_000, attempts=3, backoff_s=0.01,
-                                 concurrency=2)
+                                 concurrency=2, allow_private_hosts=True)  # the server is on loopback
     try:
         assert downloader.fetch(f"{image_server}/flaky.jpg")[:2] == b"\xff\xd8"
         assert ImageHandler.hits["/flaky.jpg"] == 3
@@ -275,7 +275,7 @@ def test_downloader_retries_transient_errors_and_explains_the_rest(image_server)
 
 def test_downloader_stops_retrying_at_the_deadline(image_server):
     downloader = ImageDownloader(timeout_s=5.0, max_bytes=100_000, attempts=50, backoff_s=0.2,
-                                 concurrency=1)
+                                 concurrency=1, allow_private_hosts=True)
     started = time.monotonic()
     with pytest.raises(DownloadError, match="HTTP 500"):
         downloader.fetch(f"{image_server}/always500.jpg", deadline=time.time() + 1.0)
@@ -289,3 +289,13 @@ def test_failure_meta_is_json(redis_client):
     (_, fields), = redis_client.xrange(redis_keys.crawl_failures())
     meta = json.loads(fields[b"meta"])
     assert meta["rank"] == 2 and meta["reason"] == "x" and meta["ts"] > 0
+
+
+def test_cookies_are_kept_out_of_the_data_root_by_default(tmp_path, monkeypatch):
+    from services.crawler.settings import CrawlerSettings
+
+    monkeypatch.delenv("CNCLIP_CRAWLER_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    settings = CrawlerSettings(data_root=tmp_path / "data")
+    assert settings.state_dir == tmp_path / "state" / "cnclip-crawler"
+    assert not settings.state_dir.is_relative_to(settings.data_root)

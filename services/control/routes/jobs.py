@@ -142,6 +142,21 @@ async def cancel_job(job_id: JobId, state: ControlState = Depends(get_state)) ->
     return await run_in_threadpool(cancel)
 
 
+@router.delete("/{job_id}", status_code=204, response_class=Response,
+               responses={**_ERRORS, 409: {"model": ErrorBody, "description": "The job has not ended (cancel it first)"}},
+               summary="Delete a finished job's record and events")
+async def delete_job(job_id: JobId, state: ControlState = Depends(get_state)) -> Response:
+    def delete() -> None:
+        try:
+            state.store.delete(job_id)
+        except JobNotFound as exc:
+            raise HTTPException(404, f"no job {job_id}") from exc
+        except InvalidTransition as exc:
+            raise HTTPException(409, f"job {job_id} is {exc.current}: cancel it first") from exc
+    await run_in_threadpool(delete)
+    return Response(status_code=204)
+
+
 @router.get("/{job_id}/series", responses=_ERRORS, summary="Chart data of a job (folded from its events)")
 async def job_series(job_id: JobId, state: ControlState = Depends(get_state)) -> dict[str, Any]:
     if not await state.redis.exists(redis_keys.job(job_id)):

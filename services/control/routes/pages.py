@@ -8,6 +8,8 @@ import redis as redis_lib
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
+from services.control.throttle import FailureThrottle
+
 from services.control.auth import COOKIE, session_value, sign_in_page
 from services.control.state import ControlState, get_state
 
@@ -30,15 +32,32 @@ async def healthz(state: ControlState = Depends(get_state)) -> JSONResponse:
     return JSONResponse({"status": "ok", "redis": redis_ok})
 
 
+def _throttle(request: Request, state: ControlState) -> FailureThrottle:
+    throttle = getattr(request.app.state, "sign_in_throttle", None)
+    if throttle is None:
+        throttle = request.app.state.sign_in_throttle = FailureThrottle(
+            state.settings.sign_in_failures, state.settings.sign_in_window_s)
+    return throttle
+
+
 @router.post("/auth/session")
-async def sign_in(token: Annotated[str, Form(max_length=1024)] = "",
+async def sign_in(request: Request, token: Annotated[str, Form(max_length=1024)] = "",
                   next_path: Annotated[str, Form(alias="next", max_length=2048)] = "/status",
                   state: ControlState = Depends(get_state)):
+    throttle = _throttle(request, state)
+    client = request.client.host if request.client else "unknown"
+    wait = throttle.retry_after(client)
+    if wait > 0:
+        return HTMLResponse(sign_in_page(_safe_next(next_path), "Too many wrong tries; wait a minute."),
+                            status_code=429, headers={"Retry-After": str(int(wait) + 1)})
     if not token or not hmac.compare_digest(token.encode(), state.token.encode()):
+        throttle.failed(client)
         return HTMLResponse(sign_in_page(_safe_next(next_path), "Wrong token."), status_code=401)
     response = RedirectResponse(_safe_next(next_path), status_code=303)
+    # Secure whenever the browser reached us over HTTPS (directly or through a trusted proxy).
+    secure = state.settings.secure_cookies or request.url.scheme == "https"
     response.set_cookie(COOKIE, session_value(state.token), httponly=True, samesite="strict",
-                        secure=state.settings.secure_cookies, max_age=30 * 24 * 3600, path="/")
+                        secure=secure, max_age=30 * 24 * 3600, path="/")
     return response
 
 

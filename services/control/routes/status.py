@@ -24,6 +24,31 @@ _SPEC_FIELDS = ("name", "mode", "online", "nnodes", "nproc_per_node", "members",
                 "max_steps", "max_epochs", "online_max_epochs", "resume", "score_dir")
 
 
+# A job's summary stays small whatever its record holds (a spec naming a thousand members, a
+# long failure reason): the status page is polled every second by every open browser.
+SUMMARY_MAX_ITEMS = 16
+SUMMARY_MAX_CHARS = 500
+SUMMARY_MAX_DEPTH = 4
+
+
+def _small(value: Any, depth: int = 0) -> Any:
+    """``value`` with long strings cut, long lists cut (a ``"+N more"`` marker at the end) and
+    deep nesting dropped, so one record cannot make the status answer large."""
+    if isinstance(value, str):
+        return value if len(value) <= SUMMARY_MAX_CHARS else value[:SUMMARY_MAX_CHARS] + "..."
+    if depth >= SUMMARY_MAX_DEPTH and isinstance(value, (list, dict)):
+        return "..."
+    if isinstance(value, list):
+        items = [_small(v, depth + 1) for v in value[:SUMMARY_MAX_ITEMS]]
+        if len(value) > SUMMARY_MAX_ITEMS:
+            items.append(f"+{len(value) - SUMMARY_MAX_ITEMS} more")
+        return items
+    if isinstance(value, dict):
+        keys = list(value)[:SUMMARY_MAX_ITEMS * 4]
+        return {str(k)[:SUMMARY_MAX_CHARS]: _small(value[k], depth + 1) for k in keys}
+    return value
+
+
 def _summary(values: list) -> dict[str, Any] | None:
     if values[0] is None:  # the record is gone
         return None
@@ -35,7 +60,7 @@ def _summary(values: list) -> dict[str, Any] | None:
     out["spec"] = {k: spec[k] for k in _SPEC_FIELDS if k in spec}
     kind = out.get("kind", "train")
     out["view"] = {"kind": view_kind(kind, spec), "run": job_run(out["id"], kind, spec)}
-    return out
+    return _small(out)
 
 
 async def _build_status(state: ControlState, n: int) -> bytes:

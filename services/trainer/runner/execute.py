@@ -11,17 +11,21 @@ import zlib
 from pathlib import Path
 
 from shared import redis_keys
-from shared.jobs import EVENTS_MAXLEN, InvalidTransition, JobNotFound, JobRecord, JobStore, PredictSpec, TrainSpec
+from shared.jobs import InvalidTransition, JobNotFound, JobRecord, JobStore, PredictSpec, TrainSpec
 from shared.jobspec import PathOutsideDataRoot, resolve_under
 from shared.messages import JobEvent
 from shared.muge import has_ground_truth
+from services.trainer.runner import active
 from services.trainer.runner.events_tail import EventFileTail
+from services.trainer.runner.outage import REDIS_DOWN, RedisOutage
 from services.trainer.runner.process import JobProcess
 from services.trainer.runner.progress import ProgressTracker
 from services.trainer.runner.settings import RunnerSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 RECORD_UPDATE_S = 0.5
+# Events kept while Redis is away; beyond this the oldest are dropped (and that is reported).
+MAX_PENDING_EVENTS = 50_000
 
 
 class RunnerStopping(Exception):
@@ -75,9 +79,19 @@ class JobExecution:
         self.node_rank = node_rank
         self.tracker = ProgressTracker()
         self.run_dir = settings.runs_dir / job_id
+        self.outage = RedisOutage(settings.redis_outage_s)
+        self._pending: list[JobEvent] = []
+        self._dropped = 0
 
     # ---- entry --------------------------------------------------------------------------
     def run(self) -> str:
+        active.started(self.job_id)
+        try:
+            return self._run()
+        finally:
+            active.ended(self.job_id)
+
+    def _run(self) -> str:
         try:
             record = self.store.get(self.job_id)
         except JobNotFound:
@@ -113,43 +127,63 @@ class JobExecution:
     def _launch_and_follow(self, record: JobRecord) -> str:
         attempt = record.attempts
         events_path = self.run_dir / f"events-{attempt}.jsonl"
-        events_path.parent.mkdir(parents=True, exist_ok=True)
-        events_path.unlink(missing_ok=True)
-        argv = build_command(record, self.settings, events_path, master_addr=self.settings.advertise_addr)
-        self.store.append_event(self.job_id, JobEvent(type="log", data={
-            "level": "info", "message": "launch: " + " ".join(argv)}))
-        proc = JobProcess(argv, job_id=self.job_id, cwd=PROJECT_ROOT, env=_child_env(),
-                          log_path=self.run_dir / "output.log")
-        self.store.update(self.job_id, runner_pgid=proc.pgid)
+        # Whatever stops the launch (a bad option, E2BIG from a huge command line, a missing
+        # interpreter, a full disk) ends the job failed with the reason, never left running.
+        try:
+            events_path.parent.mkdir(parents=True, exist_ok=True)
+            events_path.unlink(missing_ok=True)
+            argv = build_command(record, self.settings, events_path,
+                                 master_addr=self.settings.advertise_addr)
+        except Exception as exc:
+            return self._launch_failed(exc)
+        self._log("info", "launch: " + " ".join(argv)[:4000])
+        try:
+            proc = JobProcess(argv, job_id=self.job_id, cwd=PROJECT_ROOT, env=_child_env(),
+                              log_path=self.run_dir / "output.log")
+        except Exception as exc:
+            return self._launch_failed(exc)
         tail = EventFileTail(events_path)
         outcome: tuple[str, str] | None = None
         last_update = 0.0
         try:
+            self.outage.call(self.store.update, self.job_id, runner_pgid=proc.pgid)
             while True:
                 exited = proc.poll()
-                self._forward(tail, proc)
-                now = time.monotonic()
-                if now - last_update >= RECORD_UPDATE_S or exited is not None:
-                    last_update = now
-                    if not self.store.update(self.job_id, heartbeat_at=time.time(),
-                                             progress=self.tracker.progress):
-                        # Moved on without us (failed by recovery elsewhere): stop the run.
-                        proc.stop(self.settings.stop_grace_s)
-                        return self.store.get(self.job_id).state
+                self._collect(tail, proc)
+                # Redis may be away (a restart): the child keeps running, what it said is kept,
+                # and the next round tries again after a pause.
+                try:
+                    self._flush()
+                    now = time.monotonic()
+                    if now - last_update >= RECORD_UPDATE_S or exited is not None:
+                        if not self.store.update(self.job_id, heartbeat_at=time.time(),
+                                                 progress=self.tracker.progress):
+                            # Moved on without us (failed by recovery elsewhere): stop the run.
+                            proc.stop(self.settings.stop_grace_s)
+                            return self.outage.call(self.store.get, self.job_id).state
+                        last_update = now
+                    cancel = exited is None and self.store.cancel_requested(self.job_id)
+                except REDIS_DOWN as exc:
+                    time.sleep(self.outage.failed(exc))
+                    continue
+                self.outage.recovered()
                 if exited is not None:
                     proc.wait_output()
-                    self._forward(tail, proc)
+                    self._collect(tail, proc)
+                    self.outage.call(self._flush)
                     outcome = self._outcome(exited, proc, record)
                     break
-                if self.store.cancel_requested(self.job_id):
+                if cancel:
                     self._log("info", "cancel requested: stopping the job's processes")
                     proc.stop(self.settings.stop_grace_s)
-                    self._forward(tail, proc)
+                    self._collect(tail, proc)
+                    self.outage.call(self._flush)
                     outcome = ("cancelled", "cancelled by request")
                     break
                 if self.stopping.is_set():
                     proc.stop(self.settings.stop_grace_s)
-                    self._forward(tail, proc)
+                    self._collect(tail, proc)
+                    self.outage.call(self._flush)
                     return self._requeue_or_fail(record, "the runner was shut down mid-job")
                 time.sleep(self.settings.poll_s)
         except BaseException:
@@ -160,13 +194,14 @@ class JobExecution:
             state, reason = self._evaluate(record)
         return self._finish(state, reason, log_tail=list(proc.tail) if state == "failed" else None)
 
-    def _forward(self, tail: EventFileTail, proc: JobProcess) -> None:
+    def _launch_failed(self, exc: Exception) -> str:
+        return self._finish("failed", f"could not launch the job: {type(exc).__name__}: {exc}"[:2000])
+
+    def _collect(self, tail: EventFileTail, proc: JobProcess) -> None:
+        """Takes what the trainer wrote and printed since the last call (no Redis needed)."""
         events = tail.read()
         for line in proc.new_lines():
             events.append(JobEvent(type="log", data={"level": "output", "message": line[:4000]}))
-        if not events:
-            return
-        pipe = self.store.client.pipeline(transaction=False)
         for event in events:
             update: dict = {"job_id": self.job_id}
             if event.type == "state":
@@ -175,9 +210,21 @@ class JobExecution:
                 update["type"] = "trainer_state"
             event = event.model_copy(update=update)
             self.tracker.apply(event)
-            pipe.xadd(redis_keys.job_events(self.job_id), {"event": event.model_dump_json()},
-                      maxlen=EVENTS_MAXLEN, approximate=True)
-        pipe.execute()
+            self._pending.append(event)
+        if len(self._pending) > MAX_PENDING_EVENTS:
+            excess = len(self._pending) - MAX_PENDING_EVENTS
+            self._dropped += excess
+            del self._pending[:excess]
+
+    def _flush(self) -> None:
+        """Writes the collected events to the job's stream (raises while Redis is away)."""
+        if self._dropped:
+            self._pending.insert(0, JobEvent(type="log", job_id=self.job_id, data={
+                "level": "warning", "message": f"{self._dropped} events dropped while Redis was away"}))
+            self._dropped = 0
+        if self._pending:
+            self.store.append_events(self.job_id, self._pending)
+            self._pending = []
 
     def _outcome(self, code: int, proc: JobProcess, record: JobRecord) -> tuple[str, str]:
         if code == 0:
@@ -215,29 +262,32 @@ class JobExecution:
         except (ValueError, IndexError):
             return "failed", "evaluation printed no metrics"
         self.tracker.result.update({"metrics": metrics, "metrics_path": str(metrics_path)})
-        self.store.append_event(self.job_id, JobEvent(type="result", data=self.tracker.result))
+        self.outage.call(self.store.append_event, self.job_id,
+                         JobEvent(type="result", data=self.tracker.result))
         self._store_result()
         return "succeeded", ""
 
     def _store_result(self) -> None:
-        self.store.update(self.job_id, result=self.tracker.result)
+        self.outage.call(self.store.update, self.job_id, result=self.tracker.result)
 
     def _finish(self, state: str, reason: str, log_tail: list[str] | None = None) -> str:
         fields: dict = {"progress": self.tracker.progress, "result": self.tracker.result}
         if log_tail is not None:
             fields["log_tail"] = log_tail
         try:
-            self.store.transition(self.job_id, state, reason=reason, allowed_from=["running"], **fields)
+            self.outage.call(self.store.transition, self.job_id, state, reason=reason,
+                             allowed_from=["running"], **fields)
         except InvalidTransition as exc:
             return exc.current
-        self.store.client.delete(_cancel_key(self.job_id))
+        self.outage.call(self.store.client.delete, _cancel_key(self.job_id))
         return state
 
     def _requeue_or_fail(self, record: JobRecord, why: str) -> str:
         return requeue_or_fail(self.store, self.settings, self.store.get(self.job_id), why)
 
     def _log(self, level: str, message: str) -> None:
-        self.store.append_event(self.job_id, JobEvent(type="log", data={"level": level, "message": message}))
+        self.outage.call(self.store.append_event, self.job_id,
+                         JobEvent(type="log", data={"level": level, "message": message}))
 
     # ---- other nodes of a multi-node job -------------------------------------------------
     def _run_follower(self, record: JobRecord) -> str:
@@ -250,16 +300,26 @@ class JobExecution:
         if record.state != "running":
             return record.state
         events = self.run_dir / f"events-{record.attempts}-node{self.node_rank}.jsonl"
-        argv = build_command(record, self.settings, events, node_rank=self.node_rank,
-                             master_addr=record.master_addr)
-        proc = JobProcess(argv, job_id=self.job_id, cwd=PROJECT_ROOT, env=_child_env(),
-                          log_path=self.run_dir / f"output-node{self.node_rank}.log")
+        try:
+            argv = build_command(record, self.settings, events, node_rank=self.node_rank,
+                                 master_addr=record.master_addr)
+            proc = JobProcess(argv, job_id=self.job_id, cwd=PROJECT_ROOT, env=_child_env(),
+                              log_path=self.run_dir / f"output-node{self.node_rank}.log")
+        except Exception as exc:
+            # Node 0 owns the record: it stops the job when this node never joins.
+            self._log("error", f"node {self.node_rank} could not launch: {type(exc).__name__}: {exc}"[:2000])
+            return self.outage.call(self.store.get, self.job_id).state
         while proc.poll() is None:
-            if self.store.cancel_requested(self.job_id) or self.stopping.is_set():
+            try:
+                cancel = self.store.cancel_requested(self.job_id)
+            except REDIS_DOWN as exc:
+                time.sleep(self.outage.failed(exc))
+                continue
+            if cancel or self.stopping.is_set():
                 proc.stop(self.settings.stop_grace_s)
                 break
             time.sleep(self.settings.poll_s)
-        return self.store.get(self.job_id).state
+        return self.outage.call(self.store.get, self.job_id).state
 
 
 def requeue_or_fail(store: JobStore, settings: RunnerSettings, record: JobRecord, why: str) -> str:

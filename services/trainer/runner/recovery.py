@@ -14,6 +14,7 @@ from typing import Callable
 import psutil
 
 from shared.jobs import JobRecord, JobStore
+from services.trainer.runner import active
 from services.trainer.runner.process import kill_job_processes
 from services.trainer.runner.settings import RunnerSettings
 from services.trainer.runner.execute import requeue_or_fail
@@ -24,7 +25,8 @@ log = logging.getLogger(__name__)
 def runner_alive(record: JobRecord, settings: RunnerSettings, now: float) -> bool:
     if record.runner_host == settings.host:
         if record.runner_pid == os.getpid():
-            return True
+            # This very process: alive only while it still executes the job.
+            return active.running_here(record.id)
         return record.runner_pid > 0 and psutil.pid_exists(record.runner_pid) and \
             _is_runner(record.runner_pid)
     return record.heartbeat_at is not None and now - record.heartbeat_at < settings.stale_after_s

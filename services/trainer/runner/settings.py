@@ -27,6 +27,9 @@ class RunnerSettings(CommonSettings):
     recovery_interval_s: float = 15.0
     stop_grace_s: float = 15.0
     max_attempts: int = 3
+    # How long a running job rides out an unreachable Redis (its child keeps training) before
+    # the runner gives up on it.
+    redis_outage_s: float = 1800.0
     poll_s: float = 0.25
 
     @property

@@ -1,0 +1,83 @@
+"""The job runner under faults: a Redis restart in the middle of a training run, and launches
+that fail (real Redis, real control service, real Celery runner, real torchrun on the CPU)."""
+from __future__ import annotations
+
+import time
+
+import psutil
+import redis as redis_lib
+import pytest
+
+from shared.jobs import JobStore
+from tests.control.conftest import ControlServer, RunnerWorker
+from tests.control.test_runner import TRAIN, shared_root, wait_for, wait_for_event  # noqa: F401
+from tests.helpers import RedisServer
+
+pytestmark = pytest.mark.slow
+
+
+def _steps(store: JobStore, job_id: str) -> list[int]:
+    return [e.data["step"] for _, e in store.events(job_id) if e.type == "train_step"]
+
+
+def test_a_redis_restart_neither_kills_the_training_nor_leaves_the_job_running(tmp_path, shared_root):  # noqa: F811
+    server = RedisServer(tmp_path / "redis").start()   # AOF on: the records survive the restart
+    control = ControlServer(server.url, shared_root).start()
+    runner = RunnerWorker(server.url, shared_root).start()
+    try:
+        with control.client() as client:
+            job = client.post("/jobs/train", json={**TRAIN, "max_steps": 100000, "val_data": None}).json()
+            wait_for_event(client, job["id"], "train_step")
+            running = client.get(f"/jobs/{job['id']}").json()
+            assert running["state"] == "running"
+            launcher = psutil.Process(running["runner_pgid"])
+            store = JobStore(redis_lib.Redis.from_url(server.url))
+            before = max(_steps(store, job["id"]))
+
+            server.stop()
+            time.sleep(10)                                  # a ~10 s outage
+            assert launcher.is_running(), "the training was killed by the outage"
+            server.start()                                  # same port, same AOF data
+
+            store = JobStore(redis_lib.Redis.from_url(server.url))
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                record = store.get(job["id"])
+                if record.heartbeat_at and record.heartbeat_at > time.time() - 2 and \
+                        max(_steps(store, job["id"])) > before + 3:
+                    break
+                time.sleep(0.5)
+            record = store.get(job["id"])
+            assert record.state == "running" and record.runner_pgid == launcher.pid, record
+            assert launcher.is_running()
+            steps = _steps(store, job["id"])
+            # Nothing the trainer said during the outage was lost.
+            assert steps == list(range(steps[0], steps[-1] + 1)), steps
+            assert steps[-1] > before + 3
+
+            assert client.post(f"/jobs/{job['id']}/cancel").status_code == 202
+            done = wait_for(client, job["id"], {"cancelled", "failed", "succeeded"}, timeout=60, runner=runner)
+            assert done["state"] == "cancelled", done
+    finally:
+        runner.stop()
+        control.stop()
+        server.stop()
+
+
+def test_a_launch_that_fails_ends_the_job_failed_with_the_reason(redis_url, shared_root):  # noqa: F811
+    control = ControlServer(redis_url, shared_root).start()
+    runner = RunnerWorker(redis_url, shared_root,
+                          env={"CNCLIP_RUNNER_PYTHON": str(shared_root / "no-such-python")}).start()
+    try:
+        with control.client() as client:
+            job = client.post("/jobs/train", json={**TRAIN, "max_steps": 2}).json()
+            done = wait_for(client, job["id"], {"failed", "succeeded", "cancelled"}, timeout=60, runner=runner)
+            assert done["state"] == "failed", done
+            assert "could not launch" in done["reason"] and "no-such-python" in done["reason"], done
+            # Recovery in the same runner does not keep or bring it back.
+            time.sleep(3)
+            assert client.get(f"/jobs/{job['id']}").json()["state"] == "failed"
+            # The runner is still good for the next job.
+    finally:
+        runner.stop()
+        control.stop()
