@@ -54,8 +54,9 @@ def test_cli_spec_and_config_agree_on_every_option(command, options, spec, confi
         assert _bounds(config_field) == _bounds(field) and config_field.annotation == field.annotation
 
 
-def test_defaults_reach_the_trainer_unchanged(tmp_path):
+def test_defaults_reach_the_trainer_unchanged(tmp_path, monkeypatch):
     """A run from the command line, from a spec and from code gets the same values."""
+    monkeypatch.setenv("CNCLIP_DATA_ROOT", str(tmp_path))
     (tmp_path / "d/train/imgs").mkdir(parents=True)
     (tmp_path / "d/train/pairs").mkdir()
     parser = build_parser(only="train")

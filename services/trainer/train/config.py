@@ -18,9 +18,12 @@ class ConfigError(ValueError):
 
 class TrainConfig(TrainOptions, TrainRunOptions):
     @model_validator(mode="after")
-    def _default_logs(self) -> "TrainConfig":
+    def _default_places(self) -> "TrainConfig":
+        root = common_settings().data_root
         if self.logs is None:
-            self.logs = str(common_settings().data_root / "experiments")
+            self.logs = str(root / "experiments")
+        if self.online_cache_dir is None:
+            self.online_cache_dir = str(root / "online_cache")
         return self
 
     @property
