@@ -154,6 +154,23 @@ def test_dockerfile_gpu_passes_hadolint_and_runs_unprivileged():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_images_declare_no_anonymous_volume():
+    # A VOLUME in an image gives every container of it a volume that `compose down -v` misses.
+    for name in ("Dockerfile.gpu", "Dockerfile.crawler"):
+        assert not re.search(r"^VOLUME", (REPO / name).read_text(), flags=re.M), name
+
+
+def test_images_install_the_pinned_versions():
+    constraints = (REPO / "constraints.txt").read_text()
+    assert re.search(r"^celery==[\d.]+$", constraints, flags=re.M)
+    ignored = (REPO / ".dockerignore").read_text().splitlines()
+    assert "*" in ignored and "!constraints.txt" in ignored
+    for name in ("Dockerfile.gpu", "Dockerfile.crawler"):
+        text = (REPO / name).read_text()
+        assert re.search(r"^COPY [^\n]*constraints.txt", text, flags=re.M), name
+        assert re.search(r"pip install [^\n]*-c \S*constraints.txt", text), name
+
+
 def test_procfile_commands_exist():
     lines = [line for line in (REPO / "Procfile").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
