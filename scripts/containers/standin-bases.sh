@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes local stand-ins for the base images the Dockerfiles and docker-compose.yml name, for a
 # machine that reaches Debian's and PyPI's mirrors but no container registry:
-#   redis:7.4-alpine                               debian-rootfs.sh (mmdebstrap + podman import)
+#   (no public name)                               debian-rootfs.sh (mmdebstrap + podman import)
+#   redis:7.4-alpine                               that rootfs + redis.Containerfile
 #   python:3.11-slim-bookworm                      that rootfs + python.Containerfile
 #   localhost/cnclip-standin/pytorch-cpu:<hash>    that + pytorch-cpu.Containerfile
 # Each is tagged with a hash of its recipe, so a run with an unchanged recipe does nothing.
@@ -17,22 +18,28 @@ hash_of() { cat "$@" | sha256sum | cut -c1-12; }
 torch_pins=$(grep -E '^(torch|torchvision|triton|nvidia-[a-z0-9-]+|cuda-[a-z-]+)==' "$repo/constraints.txt")
 ca_bundle=/etc/ssl/certs/ca-certificates.crt
 debian_tag=localhost/cnclip-standin/debian:$(hash_of "$here/debian-rootfs.sh")
+redis_tag=localhost/cnclip-standin/redis:$(
+  { cat "$here/redis.Containerfile" "$here/redis-entrypoint.sh"; echo "$debian_tag"; } | hash_of -)
 python_tag=localhost/cnclip-standin/python:$(
   { cat "$here/python.Containerfile" "$ca_bundle"; echo "$debian_tag"; } | hash_of -)
 torch_tag=localhost/cnclip-standin/pytorch-cpu:$(
   { cat "$here/pytorch-cpu.Containerfile"; echo "$torch_pins $python_tag"; } | hash_of -)
 
-if ! podman image exists "$debian_tag" || ! podman image exists "$debian_tag-redis"; then
+if ! podman image exists "$debian_tag"; then
   echo "making the Debian stand-in $debian_tag" >&2
   rootfs=$(mktemp --suffix=.tar)
   trap 'rm -f "$rootfs"' EXIT
   bash "$here/debian-rootfs.sh" "$rootfs" >>"$log" 2>&1
   podman import --quiet "$rootfs" "$debian_tag" >/dev/null
-  podman import --quiet --change 'WORKDIR /data' --change 'CMD ["redis-server"]' \
-    "$rootfs" "$debian_tag-redis" >/dev/null
   rm -f "$rootfs"
 fi
-podman tag "$debian_tag-redis" docker.io/library/redis:7.4-alpine
+
+if ! podman image exists "$redis_tag"; then
+  echo "making the redis stand-in $redis_tag" >&2
+  podman build --build-arg "DEBIAN_BASE=$debian_tag" -f "$here/redis.Containerfile" \
+    -t "$redis_tag" "$here" >>"$log" 2>&1
+fi
+podman tag "$redis_tag" docker.io/library/redis:7.4-alpine
 
 if ! podman image exists "$python_tag"; then
   echo "making the python stand-in $python_tag" >&2
