@@ -23,9 +23,10 @@ PY=${PYTHON:-python3}
 VPY=.venv/bin/python
 stamp=.venv/.installed-$(cat pyproject.toml constraints.txt scripts/bootstrap.sh | sha256sum | cut -c1-16)
 # pip names every local index folder it skips; those lines say nothing about this project.
-pip_install() { $VPY -m pip install -q -c constraints.txt "$@" 2> >(grep -v "^WARNING: Location '.*' is ignored" >&2); }
+pip_quiet() { $VPY -m pip install -q "$@" 2> >(grep -v "^WARNING: Location '.*' is ignored" >&2); }
+pip_install() { pip_quiet -c constraints.txt "$@"; }
 if [ ! -f "$stamp" ]; then
-  $VPY -m pip install -q -U pip wheel
+  pip_quiet -U pip wheel
   # Torch first (constraints.txt names the build this machine carries); the extras then
   # accept it as is.
   pip_install torch torchvision
