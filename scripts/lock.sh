@@ -9,7 +9,9 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 PY=${PYTHON:-python3}
 "$PY" -m venv "$work/venv"
-pip() { "$work/venv/bin/python" -m pip -q --disable-pip-version-check "$@"; }
+# pip names every local index folder it skips; those lines say nothing about this project.
+pip() { "$work/venv/bin/python" -m pip -q --disable-pip-version-check "$@" \
+          2> >(grep -v "^WARNING: Location '.*' is ignored" >&2); }
 grep -E '^(torch|torchvision|cn-clip)==' constraints.txt > "$work/kept.txt"
 pip install -U pip wheel
 pip install -c "$work/kept.txt" torch torchvision
