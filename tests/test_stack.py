@@ -80,18 +80,22 @@ def test_compose_redis_needs_the_password_everywhere_and_nothing_is_exposed(conf
 
 def test_compose_services_as_specified(config):
     services = config["services"]
-    assert set(services) == {"redis", "control", "crawler", "trainer", "shop", "flower"}
+    assert set(services) == {"redis", "control", "crawler", "trainer", "data-init", "shop", "flower"}
     redis = services["redis"]
     assert "--appendonly" in redis["command"] and redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
     assert any(v["target"] == "/data" and v["type"] == "volume" for v in redis["volumes"])
     for name in ("control", "crawler", "trainer", "flower"):
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy", name
     for name, service in services.items():
+        if service.get("restart") == "no":  # a one-shot step, not a service to watch
+            continue
         assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
     assert services["control"]["environment"]["CNCLIP_CONTROL_TOKEN"] == "test-token"
     assert services["control"]["ports"][0]["target"] == 8000
     crawler = services["crawler"]
-    assert crawler["deploy"]["replicas"] == 2 and crawler["shm_size"] in ("1073741824", 1073741824, "1gb")
+    assert crawler["deploy"]["replicas"] == 2 and crawler["deploy"]["mode"] == "replicated"
+    # Chromium runs with --disable-dev-shm-usage, so a bigger /dev/shm would go unused.
+    assert "shm_size" not in crawler
     assert crawler["environment"]["CNCLIP_CRAWLER_BROWSER_MODE"] == "xvfb"
     assert any(v["target"] == "/data/crawler" for v in crawler["volumes"])
     trainer = services["trainer"]
@@ -99,6 +103,11 @@ def test_compose_services_as_specified(config):
     assert device["capabilities"] == ["gpu"] and int(device["count"]) == 1
     assert any(v["target"] == "/data" for v in trainer["volumes"])
     assert trainer["build"]["dockerfile"] == "Dockerfile.gpu"
+    # The data root is given to the trainer's user before the trainer starts.
+    assert trainer["depends_on"]["data-init"]["condition"] == "service_completed_successfully"
+    init = services["data-init"]
+    assert init["user"] == "0:0" and init["command"] == ["chown", "10001:10001", "/data"]
+    assert [v["source"] for v in init["volumes"]] == [v["source"] for v in trainer["volumes"]]
     assert services["shop"]["profiles"] == ["demo"] and services["flower"]["profiles"] == ["monitoring"]
 
 
@@ -139,7 +148,12 @@ def test_every_compose_command_names_an_existing_entry_point(config):
         if name == "redis":
             assert command[0] == "redis-server"
             continue
+        if name == "data-init":
+            assert shutil.which(command[0]), command
+            continue
         assert command, f"{name} has no command"
+        if command[:2] == ["sh", "-c"]:  # flower: adds --basic-auth only when one is set
+            command = shlex.split(command[2].removeprefix("exec "))
         if command[0] == "celery":
             assert (BIN / "celery").exists()
             assert importlib.util.find_spec("flower") is not None
@@ -164,12 +178,30 @@ def test_dockerfile_commands_name_existing_entry_points():
 
 def test_dockerfile_gpu_passes_hadolint_and_runs_unprivileged():
     text = (REPO / "Dockerfile.gpu").read_text()
-    assert re.search(r"^FROM pytorch/pytorch:[\w.-]*cuda", text, flags=re.M)
+    assert re.search(r"^ARG BASE_IMAGE=pytorch/pytorch:[\w.-]*cuda", text, flags=re.M)
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}", text, flags=re.M)
     assert re.search(r"^USER (?!root|0)", text, flags=re.M)
     assert '".[trainer]"' in text
     done = subprocess.run([str(BIN / "hadolint"), "--failure-threshold", "info", str(REPO / "Dockerfile.gpu")],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_images_declare_no_anonymous_volume():
+    # A VOLUME in an image gives every container of it a volume that `compose down -v` misses.
+    for name in ("Dockerfile.gpu", "Dockerfile.crawler"):
+        assert not re.search(r"^VOLUME", (REPO / name).read_text(), flags=re.M), name
+
+
+def test_images_install_the_pinned_versions():
+    constraints = (REPO / "constraints.txt").read_text()
+    assert re.search(r"^celery==[\d.]+$", constraints, flags=re.M)
+    ignored = (REPO / ".dockerignore").read_text().splitlines()
+    assert "*" in ignored and "!constraints.txt" in ignored
+    for name in ("Dockerfile.gpu", "Dockerfile.crawler"):
+        text = (REPO / name).read_text()
+        assert re.search(r"^COPY [^\n]*constraints.txt", text, flags=re.M), name
+        assert re.search(r"pip install [^\n]*-c \S*constraints.txt", text), name
 
 
 def test_procfile_commands_exist():

@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from shared.redis_keys import CRAWL_QUEUE
+
+
+def default_worker_name() -> str:
+    return f"crawler-{os.getpid()}@%h"
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -77,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     worker = sub.add_parser("worker", help="run a crawler worker")
     worker.add_argument("--loglevel", default="INFO")
-    worker.add_argument("--name", default="crawler-%p@%h")
+    # Celery expands only %h, %n and %d in a worker name; the process id keeps two workers on
+    # one host (a Procfile, a container running several) apart.
+    worker.add_argument("--name", default=default_worker_name(),
+                        help="Celery node name (default: crawler-<pid>@%%h)")
     worker.set_defaults(func=_worker)
     export = sub.add_parser("export-failures", help="write the failure stream to a text file")
     export.add_argument("--output", required=True, help="file path, or - for stdout")

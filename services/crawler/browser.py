@@ -226,6 +226,14 @@ class BrowserSession:
             self._reaper.close()
             self._reaper = None
 
+    def kill(self) -> None:
+        """Ends Chromium, chromedriver and Xvfb at once, from any thread: a driver call waiting
+        on them (a page that never loads) then fails instead of running to its timeout. A
+        remote browser is not this process's to kill."""
+        if self._reaper is not None:
+            self._reaper.close()
+            self._reaper = None
+
     # ---- page access --------------------------------------------------------------------
     def user_agent(self) -> str:
         if self._user_agent is None:

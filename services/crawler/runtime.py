@@ -37,6 +37,9 @@ from shared.query import normalize_query
 
 log = logging.getLogger(__name__)
 
+# How long a stopping crawler waits for the browser to be free before ending it.
+CLOSE_LOCK_WAIT_S = 2.0
+
 
 @dataclass
 class CrawlOutcome:
@@ -113,9 +116,16 @@ class CrawlerRuntime:
 
     def close(self) -> None:
         self._stop.set()
-        if self._keeper is not None:
-            self._keeper.join(timeout=10)
-        with self.lock:
+        # Whoever holds the lock may be waiting on a page that will never load (the site went
+        # away first): waiting for it would outlast a container's stop grace period, so the
+        # browser is ended under it, which fails that page load at once.
+        if not self.lock.acquire(timeout=CLOSE_LOCK_WAIT_S):
+            log.warning("browser busy at shutdown; ending it")
+            self.session.kill()
+            self.lock.acquire()
+        try:
+            if self._keeper is not None:
+                self._keeper.join(timeout=CLOSE_LOCK_WAIT_S)
             try:
                 self.login_state.publish(
                     self.login_state.current.state if self.login_state.current else "error",
@@ -130,6 +140,8 @@ class CrawlerRuntime:
                 ranks.release_rank(self.redis, self.rank, self.claim_owner)
             except redis.RedisError:
                 pass
+        finally:
+            self.lock.release()
 
     def _keep(self) -> None:
         """Starts the browser, then keeps the login and the rank claim fresh while idle."""
@@ -138,6 +150,8 @@ class CrawlerRuntime:
             try:
                 if not self._ready.is_set():
                     with self.lock:
+                        if self._stop.is_set():  # closed while this thread waited
+                            break
                         self._start_session()
                     self._ready.set()
                 elif self.lock.acquire(blocking=False):
