@@ -18,6 +18,7 @@ from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+REDIS_PASSWORD = "compose-check-password"  # stands in for the deployment's; replaced by the test Redis URL
 
 pytestmark = pytest.mark.slow
 
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.slow
 def _flower_command() -> list[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CNCLIP_")}
     env["CNCLIP_CONTROL_TOKEN"] = "t"
+    env["CNCLIP_REDIS_PASSWORD"] = REDIS_PASSWORD
     done = subprocess.run([str(BIN / "docker-compose"), "-f", str(REPO / "docker-compose.yml"),
                            "--profile", "monitoring", "config", "--format", "json"],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
@@ -39,7 +41,7 @@ def _run_flower(redis_url: str, auth: str | None):
     command = _flower_command()
     port = free_port()
     # `config` keeps Compose's escape of "$" ("$$"); the container's shell sees it undone.
-    script = command[2].replace("$$", "$").replace("redis://redis:6379/0", redis_url).replace("--port=5555", f"--port={port}")
+    script = command[2].replace("$$", "$").replace(f"redis://:{REDIS_PASSWORD}@redis:6379/0", redis_url).replace("--port=5555", f"--port={port}")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CNCLIP_", "FLOWER_"))}
     env["PATH"] = f"{BIN}:{env['PATH']}"
     if auth is not None:

@@ -64,7 +64,7 @@ def test_compose_redis_needs_the_password_everywhere_and_nothing_is_exposed(conf
     for name in ("control", "crawler", "trainer"):
         url = services[name]["environment"]["CNCLIP_REDIS_URL"]
         assert url == f"redis://:{REDIS_PASSWORD}@redis:6379/0", (name, url)
-    assert f"redis://:{REDIS_PASSWORD}@redis:6379/0" in services["flower"]["command"]
+    assert f"--broker redis://:{REDIS_PASSWORD}@redis:6379/0 " in " ".join(services["flower"]["command"])
     assert not services["redis"].get("ports")
     # The demo shop (its test switches can log a crawler in) is published on loopback only.
     assert all(p.get("host_ip") == "127.0.0.1" for p in services["shop"]["ports"]), services["shop"]["ports"]
