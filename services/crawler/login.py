@@ -35,6 +35,15 @@ from services.crawler.profile import SiteProfile
 from shared import redis_keys
 from shared.messages import LoginState, LoginStateName
 
+# What Chromium answers when an element found a moment ago left the page (a navigation or a
+# redraw in between): the same situation as a stale element, reported in other words.
+_MOVED_ON = ("does not belong to the document", "stale element", "No node with given id")
+
+
+def page_moved_on(exc: WebDriverException) -> bool:
+    return any(marker in (exc.msg or "") for marker in _MOVED_ON)
+
+
 log = logging.getLogger(__name__)
 
 
@@ -291,7 +300,20 @@ class QrLogin:
             "return e.outerHTML + pixels;", element))
 
     def publish_qr(self) -> bool:
-        """Screenshot the QR element and publish it as ``waiting_for_scan``."""
+        """Screenshot the QR element and publish it as ``waiting_for_scan``; False when there
+        is none to publish (the page moved on meanwhile: the caller looks again)."""
+        try:
+            return self._publish_qr()
+        except (StaleElementReferenceException, NoSuchFrameException, NoSuchElementException) as exc:
+            log.debug("login page changed while taking its QR code: %s", type(exc).__name__)
+        except WebDriverException as exc:
+            if not page_moved_on(exc):
+                raise
+            log.debug("login page changed while taking its QR code: %s", exc.msg)
+        self.session.driver.switch_to.default_content()
+        return False
+
+    def _publish_qr(self) -> bool:
         with self._in_login_frame():
             element = self._qr_element(wait_s=self.profile.login.qr_render_timeout_s)
             if element is None and not self._still_on_login_wall():
@@ -339,6 +361,12 @@ class QrLogin:
         except (StaleElementReferenceException, NoSuchFrameException, NoSuchElementException) as exc:
             # The page (or the login frame) moved on between two looks: look again next time.
             log.debug("login page changed while polling: %s", type(exc).__name__)
+            self.session.driver.switch_to.default_content()
+            return "waiting_for_scan"
+        except WebDriverException as exc:
+            if not page_moved_on(exc):
+                raise
+            log.debug("login page changed while polling: %s", exc.msg)
             self.session.driver.switch_to.default_content()
             return "waiting_for_scan"
 
