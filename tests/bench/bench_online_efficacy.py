@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -149,6 +150,11 @@ class Bench:
         return out
 
 
+def progress(name: str, figures: dict[str, Any]) -> None:
+    """Each run's figures as soon as they are known (the summary comes at the end)."""
+    print(f"{name}: {json.dumps(figures, ensure_ascii=False)}", file=sys.stderr, flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-train", type=int, default=512)
@@ -164,6 +170,7 @@ def main() -> int:
     parser.add_argument("--tta-lr", default="5e-5",
                         help="comma-separated learning rates of test-time online (the first crawls live)")
     parser.add_argument("--skip-cache-run", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (data, runs, caches)")
     args = parser.parse_args()
     tta_lrs = [float(x) for x in args.tta_lr.split(",") if x.strip()]
     if not tta_lrs or any(lr <= 0 for lr in tta_lrs):
@@ -193,12 +200,11 @@ def main() -> int:
         train_cache = workdir / "cache-train"
         offline_ckpt, info = bench.train("offline")
         runs["offline"] = {"train": info, **bench.predict("offline", offline_ckpt)}
+        progress("offline", runs["offline"])
         live_ckpt, info = bench.train("online-live", online="live", online_cache_dir=str(train_cache),
                                       online_wait_s=1800)
         runs["online_live"] = {"train": info, **bench.predict("online-live", live_ckpt)}
-        if not args.skip_cache_run:
-            cache_ckpt, info = bench.train("online-cache", online="cache", online_cache_dir=str(train_cache))
-            runs["online_cache"] = {"train": info, **bench.predict("online-cache", cache_ckpt)}
+        progress("online_live", runs["online_live"])
         test_cache = workdir / "cache-test"
         for index, lr in enumerate(tta_lrs):
             mode = "live" if index == 0 else "cache"
@@ -206,12 +212,19 @@ def main() -> int:
             runs[name] = {"lr": lr, "mode": mode, **bench.predict(
                 name, offline_ckpt, "--online", mode, "--online-max-epochs", str(args.tta_epochs),
                 "--online-cache-dir", str(test_cache), "--online-wait-s", "1800", "--lr", str(lr))}
+            progress(name, runs[name])
+        if not args.skip_cache_run:
+            cache_ckpt, info = bench.train("online-cache", online="cache", online_cache_dir=str(train_cache))
+            runs["online_cache"] = {"train": info, **bench.predict("online-cache", cache_ckpt)}
+            progress("online_cache", runs["online_cache"])
     finally:
         login_client.close()
         for worker in workers:
             leftovers += worker.stop()
         shop.stop()
         redis_server.stop()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
 
     offline = runs["offline"]
     live = runs["online_live"]

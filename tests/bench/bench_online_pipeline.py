@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -158,6 +159,7 @@ def main() -> int:
     parser.add_argument("--valid-batch-size", type=int, default=16)
     parser.add_argument("--images", type=int, default=5, help="images crawled per query")
     parser.add_argument("--page-delay", type=float, default=0.5, help="seconds the shop waits before each page")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (data, runs, caches)")
     args = parser.parse_args()
     if args.queries < 2 or args.valid_batch_size < 1 or args.page_delay < 0:
         parser.error("--queries must be >= 2, --valid-batch-size >= 1, --page-delay >= 0")
@@ -207,6 +209,8 @@ def main() -> int:
             leftovers += worker.stop()
         shop.stop()
         redis_server.stop()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
 
     hidden = online["seconds"] / max(crawl["seconds"], offline["seconds"])
     speedup = sequential["seconds"] / online["seconds"]
