@@ -44,7 +44,8 @@ from services.trainer.train.config import TrainConfig  # noqa: E402
 from services.trainer.train.distributed import DistEnv  # noqa: E402
 from services.trainer.train.loop import Trainer  # noqa: E402
 from shared.synthetic.dataset import make_synthetic_dataset  # noqa: E402
-from tests.fixtures_crawler import CrawlClient, CrawlerWorker, log_in  # noqa: E402
+from tests.bench.online_stack import start_workers  # noqa: E402
+from tests.fixtures_crawler import CrawlerWorker  # noqa: E402
 from tests.fixtures_shop import ShopServer  # noqa: E402
 from tests.helpers import RedisServer  # noqa: E402
 
@@ -185,18 +186,12 @@ def main() -> int:
     os.environ["CNCLIP_REDIS_URL"] = redis_server.url  # read by the live source, here and in predict
     os.environ["CNCLIP_DATA_ROOT"] = str(workdir)
     shop = ShopServer().start()
-    login_client = CrawlClient(redis_server.url)
     workers: list[CrawlerWorker] = []
     leftovers: list = []
     runs: dict[str, Any] = {}
     load_before = os.getloadavg()
     try:
-        for rank in (0, 1):
-            worker = CrawlerWorker(redis_server.url, shop.base_url, workdir / f"w{rank}", rank=rank,
-                                   mode="headless", env={"CNCLIP_CRAWLER_MIN_INTERVAL_S": "0",
-                                                         "CNCLIP_CRAWLER_JITTER_S": "0"})
-            workers.append(worker.start())
-            log_in(login_client, shop, rank)
+        start_workers(redis_server.url, shop, workdir, workers)
         train_cache = workdir / "cache-train"
         offline_ckpt, info = bench.train("offline")
         runs["offline"] = {"train": info, **bench.predict("offline", offline_ckpt)}
@@ -218,7 +213,6 @@ def main() -> int:
             runs["online_cache"] = {"train": info, **bench.predict("online-cache", cache_ckpt)}
             progress("online_cache", runs["online_cache"])
     finally:
-        login_client.close()
         for worker in workers:
             leftovers += worker.stop()
         shop.stop()

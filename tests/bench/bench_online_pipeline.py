@@ -43,7 +43,8 @@ from services.trainer.train.config import TrainConfig  # noqa: E402
 from services.trainer.train.distributed import DistEnv  # noqa: E402
 from services.trainer.train.loop import Trainer  # noqa: E402
 from shared.synthetic.dataset import make_synthetic_dataset  # noqa: E402
-from tests.fixtures_crawler import CrawlClient, CrawlerWorker, log_in  # noqa: E402
+from tests.bench.online_stack import start_workers  # noqa: E402
+from tests.fixtures_crawler import CrawlerWorker  # noqa: E402
 from tests.fixtures_shop import ShopServer  # noqa: E402
 from tests.helpers import RedisServer  # noqa: E402
 
@@ -170,16 +171,10 @@ def main() -> int:
     os.environ["CNCLIP_REDIS_URL"] = redis_server.url  # the live source reads it from the settings
     os.environ["CNCLIP_DATA_ROOT"] = str(workdir)
     shop = ShopServer().start()
-    login_client = CrawlClient(redis_server.url)
     workers: list[CrawlerWorker] = []
     leftovers: list = []
     try:
-        for rank in (0, 1):
-            worker = CrawlerWorker(redis_server.url, shop.base_url, workdir / f"w{rank}", rank=rank,
-                                   mode="headless", env={"CNCLIP_CRAWLER_MIN_INTERVAL_S": "0",
-                                                         "CNCLIP_CRAWLER_JITTER_S": "0"})
-            workers.append(worker.start())
-            log_in(login_client, shop, rank)
+        start_workers(redis_server.url, shop, workdir, workers)
         shop.set_faults(page_delay_s=args.page_delay)
         load_before = os.getloadavg()
 
@@ -204,7 +199,6 @@ def main() -> int:
                                      online_images=args.images, online_dedupe_gallery=True), Recorder())
         load_after = os.getloadavg()
     finally:
-        login_client.close()
         for worker in workers:
             leftovers += worker.stop()
         shop.stop()
