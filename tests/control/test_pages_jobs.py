@@ -222,7 +222,7 @@ def test_test_time_online_prediction(control, redis_client, browser, tmp_path):
 def test_jobs_list_selects_by_address_and_waits_for_login(control, redis_client, browser, tmp_path):
     store = JobStore(redis_client)
     first, _ = store.create(TrainSpec(train_data="d/train", name="first-run"))
-    second, _ = store.create(TrainSpec(train_data="d/train", name="second-run", online="live"))
+    second, _ = store.create(TrainSpec(train_data="d/train", val_data="d/valid", name="second-run", online="live"))
     store.transition(second.id, "running")
     emit(store, second.id, "waiting_for_login", reason="no crawler rank is logged in")
 

@@ -30,8 +30,8 @@ def test_a_redis_restart_neither_kills_the_training_nor_leaves_the_job_running(t
             wait_for_event(client, job["id"], "train_step")
             running = client.get(f"/jobs/{job['id']}").json()
             assert running["state"] == "running"
-            launcher = psutil.Process(running["runner_pgid"])
             store = JobStore(redis_lib.Redis.from_url(server.url))
+            launcher = psutil.Process(store.get(job["id"]).runner_pgid)  # the record, not the API, has it
             before = max(_steps(store, job["id"]))
 
             server.stop()
