@@ -218,15 +218,15 @@ def image_batch(batch: int, vision_model: str, device: torch.device, seed: int =
 
 
 def autocast_for(precision: str, device: torch.device):
-    """The autocast the training loop uses for a precision (amp: fp16 on CUDA, nothing on the CPU;
-    bf16: bf16), taken from the trainer itself so the check measures what training runs."""
-    from types import SimpleNamespace
+    """The autocast the trainer uses for a precision (services/trainer/precision.py decides it
+    for training, online steps and prediction alike)."""
+    from services.trainer.precision import autocast
 
-    from services.trainer.train.loop import Trainer
-
-    return Trainer.autocast(SimpleNamespace(config=SimpleNamespace(precision=precision), device=device))
+    return autocast(precision, device)
 
 
 def grad_scaler_for(precision: str, device: torch.device):
-    """The training loop's loss scaler: only amp on CUDA scales the loss (fp16 gradients underflow)."""
-    return torch.amp.GradScaler("cuda") if precision == "amp" and device.type == "cuda" else None
+    """The trainer's loss scaler: only amp on CUDA scales the loss (fp16 gradients underflow)."""
+    from services.trainer.precision import grad_scaler
+
+    return grad_scaler(precision, device)
