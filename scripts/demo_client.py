@@ -41,6 +41,13 @@ def _line(event: dict) -> str | None:
     if kind == "validation":
         return (f"  validation @ step {data.get('step')}: R@1 {data.get('r1')}  R@5 {data.get('r5')}  "
                 f"R@10 {data.get('r10')}  MR {data.get('mr')}")
+    if kind == "online_pass":
+        missing = ", ".join(f"{n} {r}" for r, n in (data.get("missing") or {}).items()) or "none"
+        return (f"  online pass {data.get('pass_index')} ({data.get('split')}): {data.get('pairs')} crawled pairs "
+                f"for {data.get('queries')} queries, {data.get('steps')} steps, missing: {missing}, "
+                f"{data.get('wall_s')} s")
+    if kind == "online_state" and data.get("state") == "waiting_for_login":
+        return "  waiting for a crawler rank to log in (scan its QR code at /login)"
     if kind == "phase":
         return f"  phase: {data.get('name')}"
     if kind == "state":
