@@ -141,11 +141,11 @@ def _by_concept(dataset: str, predictions: str) -> dict[str, dict]:
 
 def compare(dataset: str, labelled: list[str]) -> int:
     """One row per run: R@1 and mean recall on seen and on unseen concepts."""
-    print(f"  {'':34} {'seen R@1':>9} {'seen MR':>8} {'unseen R@1':>11} {'unseen MR':>10}")
+    print(f"  {'':40} {'seen R@1':>9} {'seen MR':>8} {'unseen R@1':>11} {'unseen MR':>10}")
     for item in labelled:
         label, _, path = item.partition("=")
         m = _by_concept(dataset, path)
-        print(f"  {label:34} {m['seen']['r1']:9.1f} {m['seen']['mr']:8.1f} "
+        print(f"  {label:40} {m['seen']['r1']:9.1f} {m['seen']['mr']:8.1f} "
               f"{m['unseen']['r1']:11.1f} {m['unseen']['mr']:10.1f}")
     return 0
 
