@@ -51,7 +51,9 @@ class ShopServer:
         self.env = env or {}
         self.proc: subprocess.Popen | None = None
         self._log = tempfile.NamedTemporaryFile(prefix="shop-", suffix=".log", delete=False)
-        self._http = httpx.Client(timeout=30.0)
+        # No kept-alive connections: uvicorn closes an idle one after 5 s, and a request sent
+        # on it at that moment fails with "Server disconnected".
+        self._http = httpx.Client(timeout=30.0, limits=httpx.Limits(max_keepalive_connections=0))
 
     # ---- lifecycle ------------------------------------------------------------------------
     @property

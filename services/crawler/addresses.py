@@ -25,16 +25,17 @@ def _internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
             or address.is_multicast or address.is_reserved or address.is_unspecified)
 
 
-def check_target(url: str, allow_private: bool) -> None:
-    """Raises :class:`ForbiddenTarget` unless ``url`` is http(s) and (when private hosts are
-    not allowed) every address its host resolves to is a public one."""
+def check_target(url: str, allow_private: bool, site_origin: str | None = None) -> None:
+    """Raises :class:`ForbiddenTarget` unless ``url`` is http(s) and either on ``site_origin``
+    (same scheme, host and port), or private hosts are allowed, or every address its host
+    resolves to is a public one."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise ForbiddenTarget(f"not an http(s) URL: {url[:80]!r}")
     host = parts.hostname
     if not host:
         raise ForbiddenTarget(f"no host in {url[:80]!r}")
-    if allow_private:
+    if allow_private or (site_origin and same_host(url, site_origin)):
         return
     try:
         infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80),

@@ -53,6 +53,7 @@ class ImageDownloader:
         concurrency: int,
         extra_headers: dict[str, str] | None = None,
         allow_private_hosts: bool = False,
+        site_origin: str | None = None,
         max_redirects: int = 5,
     ):
         self.timeout_s = timeout_s
@@ -61,6 +62,7 @@ class ImageDownloader:
         self.backoff_s = backoff_s
         self.extra_headers = extra_headers or {}
         self.allow_private_hosts = allow_private_hosts
+        self.site_origin = site_origin
         self.max_redirects = max_redirects
         self._client = httpx.Client(
             timeout=httpx.Timeout(timeout_s, connect=min(5.0, timeout_s)),
@@ -85,7 +87,7 @@ class ImageDownloader:
         """The body of ``url``; raises :class:`DownloadError` with the reason. ``referer`` is
         the result page's URL."""
         try:
-            check_target(url, self.allow_private_hosts)
+            check_target(url, self.allow_private_hosts, self.site_origin)
         except ForbiddenTarget as exc:
             raise DownloadError(exc.reason) from exc
 
@@ -112,7 +114,7 @@ class ImageDownloader:
         target = url
         for _hop in range(self.max_redirects + 1):
             try:
-                check_target(target, self.allow_private_hosts)
+                check_target(target, self.allow_private_hosts, self.site_origin)
             except ForbiddenTarget as exc:
                 raise DownloadError(f"redirect to {target[:80]}: {exc.reason}" if target != url
                                     else exc.reason) from exc

@@ -91,6 +91,7 @@ class CrawlerRuntime:
             attempts=settings.download_attempts, backoff_s=settings.download_backoff_s,
             concurrency=settings.download_concurrency, extra_headers=self.profile.download_headers,
             allow_private_hosts=self.profile.private_image_hosts,
+            site_origin=self.profile.base_url,
         )
         self.download_pool = ThreadPoolExecutor(settings.download_concurrency,
                                                 thread_name_prefix="download")

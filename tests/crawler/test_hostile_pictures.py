@@ -83,6 +83,17 @@ def test_internal_addresses_are_refused_unless_the_profile_allows_them(site):
     assert image is None and "file:" in why
 
 
+def test_the_sites_own_origin_is_allowed_but_no_other_internal_one():
+    # The operator pointed the crawler at a stand-in on loopback: its own origin is trusted,
+    # another port or host on the machine is not.
+    site = "http://127.0.0.1:8000"
+    check_target("http://127.0.0.1:8000/img/a.jpg", allow_private=False, site_origin=site)
+    for url in ("http://127.0.0.1:6379/", "http://localhost:8000/a.jpg", "https://127.0.0.1:8000/a.jpg",
+                "http://169.254.169.254/latest/meta-data/"):
+        with pytest.raises(ForbiddenTarget, match="internal address"):
+            check_target(url, allow_private=False, site_origin=site)
+
+
 def test_the_query_reaches_only_the_pages_own_host_in_a_referer(site):
     pictures = fetcher()
     deadline = time.time() + 30

@@ -44,7 +44,13 @@ class SilentServer:
             self.accepted.set()
 
     def close(self) -> None:
+        # close() alone does not wake a thread blocked in accept(); shutdown() does.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
+        self._thread.join(timeout=5)
         for conn in self._held:
             conn.close()
 
