@@ -19,11 +19,12 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from shared import layout
 from shared.image_validation import STORED_RULES, ImageRules, keep_valid_jpegs
 from shared.query import normalize_query, query_key
 
 # The cache's folder under the data root unless a command is told otherwise.
-DEFAULT_DIRNAME = "online_cache"
+DEFAULT_DIRNAME = layout.ONLINE_CACHE
 _STAGING = ".staging-"
 _ASIDE = ".old-"
 # Rename attempts when writers of one query race (each retry means another writer won once).
@@ -108,12 +109,8 @@ class ImageCache:
     @staticmethod
     def _move_into_place(staging: Path, entry: Path) -> None:
         for _ in range(_PUT_ATTEMPTS):
-            try:
-                staging.rename(entry)
+            if _rename_unless_taken(staging, entry):
                 return
-            except OSError:
-                if not entry.exists():
-                    raise
             # Another entry is in the way: move it aside (whole), put ours in its place at once,
             # and only then delete the old one, so the entry is missing for one rename only.
             aside = entry.with_name(f"{_ASIDE}{entry.name}-{os.getpid()}-{time.monotonic_ns()}")
@@ -122,12 +119,9 @@ class ImageCache:
             except FileNotFoundError:
                 continue  # another writer moved it first
             try:
-                staging.rename(entry)
-                return
-            except OSError:
-                if not entry.exists():
-                    raise
-                continue  # another writer's entry got in between; go round again
+                if _rename_unless_taken(staging, entry):
+                    return
+                # else another writer's entry got in between; go round again
             finally:
                 shutil.rmtree(aside, ignore_errors=True)
         raise OSError(f"could not place cache entry {entry} after {_PUT_ATTEMPTS} attempts")
@@ -173,3 +167,14 @@ class ImageCache:
             except (OSError, ValueError, KeyError):
                 continue
         return sorted(out)
+
+
+def _rename_unless_taken(staging: Path, entry: Path) -> bool:
+    """Renames ``staging`` to ``entry``; False (and nothing done) when an entry is in the way."""
+    try:
+        staging.rename(entry)
+        return True
+    except OSError:
+        if not entry.exists():
+            raise
+        return False

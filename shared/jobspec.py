@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from shared import layout
 from shared.options import PredictOptions, TrainOptions, path_kind, refuse
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -65,9 +66,9 @@ def resolve_under(data_root: Path, relative: str) -> Path:
 # Where a job may write, relative to the data root: outputs never replace a data set, a
 # pretrained checkpoint or the service's own state.
 OUTPUT_ROOTS: dict[str, tuple[str, ...]] = {
-    "output": ("experiments/",),
-    "score_dir": ("npy_save", "experiments/"),
-    "online_cache_dir": ("online_cache", "experiments/"),
+    "output": (f"{layout.EXPERIMENTS}/",),
+    "score_dir": (layout.SCORES, f"{layout.EXPERIMENTS}/"),
+    "online_cache_dir": (layout.ONLINE_CACHE, f"{layout.EXPERIMENTS}/"),
 }
 
 
@@ -182,9 +183,8 @@ class TrainSpec(_Spec, TrainOptions):
         """What ``cnclip train --options-file`` reads. ``resume_override`` continues an
         interrupted run from its own latest checkpoint (keeping data offset and optimizer)."""
         options = self._resolved(data_root)
-        options.update(logs=str(Path(data_root) / "experiments"), name=self.run_name(job_id), job_id=job_id)
-        if options.get("online_cache_dir") is None:
-            options["online_cache_dir"] = str(Path(data_root) / "online_cache")
+        options.update(name=self.run_name(job_id), job_id=job_id)
+        layout.fill_unset(options, layout.default_places(data_root))
         if resume_override is not None:
             options.update(resume=str(resume_override), reset_data_offset=False, reset_optimizer=False)
         if events is not None:
@@ -192,7 +192,7 @@ class TrainSpec(_Spec, TrainOptions):
         return options
 
     def output_dir(self, data_root: Path, name: str) -> Path:
-        return Path(data_root) / "experiments" / self.run_name(name)
+        return Path(data_root) / layout.EXPERIMENTS / self.run_name(name)
 
 
 class PredictSpec(_Spec, PredictOptions):
@@ -219,7 +219,7 @@ class PredictSpec(_Spec, PredictOptions):
     def output_path(self, data_root: Path, job_id: str) -> Path:
         if self.output:
             return resolve_under(data_root, self.output)
-        return Path(data_root) / "experiments" / "results" / f"{job_id}_predictions.jsonl"
+        return Path(data_root) / layout.RESULTS / f"{job_id}_predictions.jsonl"
 
     def resolved_options(self, data_root: Path, *, job_id: str, events: Path | None = None,
                          resume_override: Path | None = None) -> dict[str, Any]:
@@ -227,13 +227,8 @@ class PredictSpec(_Spec, PredictOptions):
         resume, reusing any member score matrices already saved)."""
         root = Path(data_root)
         options = self._resolved(root)
-        options.update(output=str(self.output_path(root, job_id)), name=job_id, job_id=job_id,
-                       experiments=str(root / "experiments"))
-        options.setdefault("score_dir", None)
-        if options["score_dir"] is None:
-            options["score_dir"] = str(root / "npy_save")
-        if options.get("online_cache_dir") is None:
-            options["online_cache_dir"] = str(root / "online_cache")
+        options.update(output=str(self.output_path(root, job_id)), name=job_id, job_id=job_id)
+        layout.fill_unset(options, layout.default_places(root, predict_mode=self.mode))
         if events is not None:
             options.update(events=str(events), no_progress=True)
         return options

@@ -44,10 +44,7 @@ from services.trainer.train.config import TrainConfig  # noqa: E402
 from services.trainer.train.distributed import DistEnv  # noqa: E402
 from services.trainer.train.loop import Trainer  # noqa: E402
 from shared.synthetic.dataset import make_synthetic_dataset  # noqa: E402
-from tests.bench.online_stack import start_workers  # noqa: E402
-from tests.fixtures_crawler import CrawlerWorker  # noqa: E402
-from tests.fixtures_shop import ShopServer  # noqa: E402
-from tests.helpers import RedisServer  # noqa: E402
+from tests.bench.online_stack import online_stack  # noqa: E402
 
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend=None)
 TINY = ["--vision-model", "tiny", "--text-model", "tiny", "--precision", "fp32", "--device", "cpu"]
@@ -182,43 +179,35 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-online-efficacy-"))
     bench = Bench(args, workdir)
     bench.make_data()
-    redis_server = RedisServer(workdir / "redis").start()
-    os.environ["CNCLIP_REDIS_URL"] = redis_server.url  # read by the live source, here and in predict
-    os.environ["CNCLIP_DATA_ROOT"] = str(workdir)
-    shop = ShopServer().start()
-    workers: list[CrawlerWorker] = []
-    leftovers: list = []
     runs: dict[str, Any] = {}
     load_before = os.getloadavg()
+    stack = None
     try:
-        start_workers(redis_server.url, shop, workdir, workers)
-        train_cache = workdir / "cache-train"
-        offline_ckpt, info = bench.train("offline")
-        runs["offline"] = {"train": info, **bench.predict("offline", offline_ckpt)}
-        progress("offline", runs["offline"])
-        live_ckpt, info = bench.train("online-live", online="live", online_cache_dir=str(train_cache),
-                                      online_wait_s=1800)
-        runs["online_live"] = {"train": info, **bench.predict("online-live", live_ckpt)}
-        progress("online_live", runs["online_live"])
-        test_cache = workdir / "cache-test"
-        for index, lr in enumerate(tta_lrs):
-            mode = "live" if index == 0 else "cache"
-            name = f"tta-{mode}-lr{lr:g}"
-            runs[name] = {"lr": lr, "mode": mode, **bench.predict(
-                name, offline_ckpt, "--online", mode, "--online-max-epochs", str(args.tta_epochs),
-                "--online-cache-dir", str(test_cache), "--online-wait-s", "1800", "--lr", str(lr))}
-            progress(name, runs[name])
-        if not args.skip_cache_run:
-            cache_ckpt, info = bench.train("online-cache", online="cache", online_cache_dir=str(train_cache))
-            runs["online_cache"] = {"train": info, **bench.predict("online-cache", cache_ckpt)}
-            progress("online_cache", runs["online_cache"])
+        with online_stack(workdir) as stack:
+            train_cache = workdir / "cache-train"
+            offline_ckpt, info = bench.train("offline")
+            runs["offline"] = {"train": info, **bench.predict("offline", offline_ckpt)}
+            progress("offline", runs["offline"])
+            live_ckpt, info = bench.train("online-live", online="live", online_cache_dir=str(train_cache),
+                                          online_wait_s=1800)
+            runs["online_live"] = {"train": info, **bench.predict("online-live", live_ckpt)}
+            progress("online_live", runs["online_live"])
+            test_cache = workdir / "cache-test"
+            for index, lr in enumerate(tta_lrs):
+                mode = "live" if index == 0 else "cache"
+                name = f"tta-{mode}-lr{lr:g}"
+                runs[name] = {"lr": lr, "mode": mode, **bench.predict(
+                    name, offline_ckpt, "--online", mode, "--online-max-epochs", str(args.tta_epochs),
+                    "--online-cache-dir", str(test_cache), "--online-wait-s", "1800", "--lr", str(lr))}
+                progress(name, runs[name])
+            if not args.skip_cache_run:
+                cache_ckpt, info = bench.train("online-cache", online="cache", online_cache_dir=str(train_cache))
+                runs["online_cache"] = {"train": info, **bench.predict("online-cache", cache_ckpt)}
+                progress("online_cache", runs["online_cache"])
     finally:
-        for worker in workers:
-            leftovers += worker.stop()
-        shop.stop()
-        redis_server.stop()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
+    leftovers = stack.leftovers
 
     offline = runs["offline"]
     live = runs["online_live"]

@@ -43,10 +43,7 @@ from services.trainer.train.config import TrainConfig  # noqa: E402
 from services.trainer.train.distributed import DistEnv  # noqa: E402
 from services.trainer.train.loop import Trainer  # noqa: E402
 from shared.synthetic.dataset import make_synthetic_dataset  # noqa: E402
-from tests.bench.online_stack import start_workers  # noqa: E402
-from tests.fixtures_crawler import CrawlerWorker  # noqa: E402
-from tests.fixtures_shop import ShopServer  # noqa: E402
-from tests.helpers import RedisServer  # noqa: E402
+from tests.bench.online_stack import online_stack  # noqa: E402
 
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend=None)
 
@@ -167,44 +164,37 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-online-pipeline-"))
     lmdb = make_data(workdir, args.queries)
-    redis_server = RedisServer(workdir / "redis").start()
-    os.environ["CNCLIP_REDIS_URL"] = redis_server.url  # the live source reads it from the settings
-    os.environ["CNCLIP_DATA_ROOT"] = str(workdir)
-    shop = ShopServer().start()
-    workers: list[CrawlerWorker] = []
-    leftovers: list = []
+    stack = None
     try:
-        start_workers(redis_server.url, shop, workdir, workers)
-        shop.set_faults(page_delay_s=args.page_delay)
-        load_before = os.getloadavg()
+        with online_stack(workdir) as stack:
+            shop, redis_url = stack.shop, stack.redis_url
+            shop.set_faults(page_delay_s=args.page_delay)
+            load_before = os.getloadavg()
 
-        def live(name: str) -> TrainConfig:
-            return config(lmdb, workdir, name, args.valid_batch_size, online="live",
-                          online_cache_dir=str(workdir / f"cache-{name}"), online_wait_s=1800,
-                          online_images=args.images, online_dedupe_gallery=True)
+            def live(name: str) -> TrainConfig:
+                return config(lmdb, workdir, name, args.valid_batch_size, online="live",
+                              online_cache_dir=str(workdir / f"cache-{name}"), online_wait_s=1800,
+                              online_images=args.images, online_dedupe_gallery=True)
 
-        offline_config = config(lmdb, workdir, "offline", args.valid_batch_size)
-        texts = list(Trainer(offline_config, CPU).valid_data.rank_texts())
-        # A few queries first, so that browsers, shop and model code are warm for every run.
-        crawl_only(redis_server.url, [f"预热 {text}" for text in texts[:4]], args.images)
-        validate(offline_config, Recorder())
+            offline_config = config(lmdb, workdir, "offline", args.valid_batch_size)
+            texts = list(Trainer(offline_config, CPU).valid_data.rank_texts())
+            # A few queries first, so that browsers, shop and model code are warm for every run.
+            crawl_only(redis_url, [f"预热 {text}" for text in texts[:4]], args.images)
+            validate(offline_config, Recorder())
 
-        crawl = crawl_only(redis_server.url, texts, args.images)
-        offline = validate(offline_config, Recorder())
-        online = validate(live("online"), Recorder())
-        sequential = validate(live("sequential"), Recorder(), sequential=True)
-        # The online pass's own work without any crawl: the same steps on the images run c cached.
-        from_cache = validate(config(lmdb, workdir, "cached", args.valid_batch_size, online="cache",
-                                     online_cache_dir=str(workdir / "cache-online"),
-                                     online_images=args.images, online_dedupe_gallery=True), Recorder())
-        load_after = os.getloadavg()
+            crawl = crawl_only(redis_url, texts, args.images)
+            offline = validate(offline_config, Recorder())
+            online = validate(live("online"), Recorder())
+            sequential = validate(live("sequential"), Recorder(), sequential=True)
+            # The online pass's own work without any crawl: the same steps on the images that run c (online) cached.
+            from_cache = validate(config(lmdb, workdir, "cached", args.valid_batch_size, online="cache",
+                                         online_cache_dir=str(workdir / "cache-online"),
+                                         online_images=args.images, online_dedupe_gallery=True), Recorder())
+            load_after = os.getloadavg()
     finally:
-        for worker in workers:
-            leftovers += worker.stop()
-        shop.stop()
-        redis_server.stop()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
+    leftovers = stack.leftovers
 
     hidden = online["seconds"] / max(crawl["seconds"], offline["seconds"])
     speedup = sequential["seconds"] / online["seconds"]

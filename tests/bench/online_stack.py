@@ -1,11 +1,44 @@
-"""Crawler workers for the online benchmarks: started headless on the shop and logged in."""
+"""The online benchmarks' stack: real Redis, the shop, and crawler workers started headless on
+it and logged in; the trainer's settings (environment) point at them."""
 from __future__ import annotations
 
+import contextlib
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from tests.fixtures_crawler import CrawlClient, CrawlerWorker, log_in
+from tests.fixtures_shop import ShopServer
+from tests.helpers import RedisServer
 
 LOGIN_ATTEMPTS = 3  # a loaded machine's Chromium now and then fails the login page; a new browser passes
+
+
+@dataclass
+class OnlineStack:
+    redis_url: str
+    shop: ShopServer | None
+    # Processes of the workers still alive after they were stopped (filled on leaving the stack).
+    leftovers: list = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def online_stack(workdir: Path, ranks: tuple[int, ...] = (0, 1)) -> Iterator[OnlineStack]:
+    redis_server = RedisServer(workdir / "redis").start()
+    os.environ["CNCLIP_REDIS_URL"] = redis_server.url  # read by the live source
+    os.environ["CNCLIP_DATA_ROOT"] = str(workdir)
+    workers: list[CrawlerWorker] = []
+    stack = OnlineStack(redis_server.url, shop=None)
+    try:
+        stack.shop = ShopServer().start()
+        start_workers(redis_server.url, stack.shop, workdir, workers, ranks)
+        yield stack
+    finally:
+        stack.leftovers += [process for worker in workers for process in worker.stop()]
+        if stack.shop is not None:
+            stack.shop.stop()
+        redis_server.stop()
 
 
 def start_workers(redis_url: str, shop, workdir: Path, started: list[CrawlerWorker], ranks=(0, 1)) -> None:

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
 from services.trainer.data.texts import TextsDataset
 from services.trainer.model import ContrastiveModel, image_resolution
-from services.trainer.model.checkpoint import read_checkpoint, save_checkpoint
+from services.trainer.model.checkpoint import save_checkpoint
 from services.trainer.online.factory import build_learner
 from services.trainer.precision import half_weights
 from services.trainer.train.distributed import DistEnv
@@ -29,18 +29,11 @@ def adapted_name(config: Any, epoch: int, epochs: int, member: int | None) -> Pa
     return Path(config.experiments) / run / stem
 
 
-def _checkpoint_info(checkpoint: str | Path) -> dict[str, Any]:
-    try:
-        data = read_checkpoint(checkpoint)
-    except Exception:  # a transformers directory or a bare state dict: no epoch to carry
-        return {}
-    return {"epoch": data.get("epoch"), "step": data.get("step")} if isinstance(data, dict) else {}
-
-
-def adapt(model: torch.nn.Module, checkpoint: str | Path, config: Any, device: torch.device,
+def adapt(model: torch.nn.Module, checkpoint: Mapping[str, Any], config: Any, device: torch.device,
           emit: Callable[..., None], *, member: int | None = None) -> Path:
-    """Adapt ``model`` (loaded from ``checkpoint``, on ``device``) in place and save it.
-    Returns the adapted checkpoint's path."""
+    """Adapt ``model`` (on ``device``, loaded from ``checkpoint``: its path, epoch and step as
+    ``pipeline.load_model`` returns them) in place and save it. Returns the adapted
+    checkpoint's path."""
     env = DistEnv(rank=0, world_size=1, local_rank=0, device=device, backend=None)
     if half_weights(config.precision):
         model.half()
@@ -56,7 +49,7 @@ def adapt(model: torch.nn.Module, checkpoint: str | Path, config: Any, device: t
     rows = [texts[i] for i in range(len(texts))]
     queries = [r[1] for r in rows]
     size = config.text_batch_size
-    info = _checkpoint_info(checkpoint)
+    trained_epoch, trained_step = int(checkpoint.get("epoch") or 0), int(checkpoint.get("step") or 0)
     emit("phase", name="predict:online" + (f":member{member}" if member is not None else ""))
     try:
         for epoch in range(config.online_max_epochs):
@@ -70,13 +63,13 @@ def adapt(model: torch.nn.Module, checkpoint: str | Path, config: Any, device: t
     finally:
         learner.close()
     model.eval()
-    path = adapted_name(config, int(info.get("epoch") or 0), config.online_max_epochs, member)
-    save_checkpoint(path, model, optimizer, int(info.get("epoch") or 0), int(info.get("step") or 0),
+    path = adapted_name(config, trained_epoch, config.online_max_epochs, member)
+    save_checkpoint(path, model, optimizer, trained_epoch, trained_step,
                     path.parent.name, extra={"online_steps": learner.online_steps,
-                                             "adapted_from": str(Path(checkpoint).resolve())})
+                                             "adapted_from": str(Path(checkpoint["path"]).resolve())})
     if half_weights(config.precision):
         model.float()  # prediction runs fp32 weights under autocast
-    emit("checkpoint", path=str(path), epoch=int(info.get("epoch") or 0), step=learner.online_steps)
+    emit("checkpoint", path=str(path), epoch=trained_epoch, step=learner.online_steps)
     log.info("test-time online learning: %d steps over %d passes; saved %s", learner.online_steps,
              config.online_max_epochs, path)
     return path

@@ -12,6 +12,7 @@ from services.trainer.online.learner import OnlineLearner
 from services.trainer.online.sources import make_source
 from services.trainer.train.distributed import DistEnv
 from services.trainer.train.step import TrainStep
+from shared import layout
 from shared.settings import common_settings
 
 log = logging.getLogger("cnclip.online")
@@ -30,7 +31,7 @@ def build_learner(options: Any, env: DistEnv, step: TrainStep, resolution: int, 
     if options.online_dedupe_gallery and gallery:
         guard = LeakageGuard.from_lmdb(gallery)
         log.info("leakage guard: %d gallery images from %s", len(guard), gallery)
-    cache_dir = Path(options.online_cache_dir or common_settings().data_root / "online_cache")
+    cache_dir = Path(options.online_cache_dir or common_settings().data_root / layout.ONLINE_CACHE)
     source = make_source(options.online, cache_dir=cache_dir, job_id=job_id, rank=env.rank,
                          n_images=options.online_images, window=options.online_window,
                          wait_s=options.online_wait_s,

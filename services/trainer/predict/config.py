@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import model_validator
 
+from shared.layout import default_places, fill_unset
 from shared.options import PredictOptions, PredictRunOptions
 from shared.settings import common_settings
 
@@ -15,16 +16,7 @@ from shared.settings import common_settings
 class PredictConfig(PredictOptions, PredictRunOptions):
     @model_validator(mode="after")
     def _default_places(self) -> "PredictConfig":
-        root = common_settings().data_root
-        if self.score_dir is None:
-            self.score_dir = str(root / "npy_save")
-        if self.output is None:
-            name = "test_predictions.jsonl" if self.mode == "single" else "test_predictions_ensemble.jsonl"
-            self.output = str(root / "experiments" / "results" / name)
-        if self.experiments is None:
-            self.experiments = str(root / "experiments")
-        if self.online_cache_dir is None:
-            self.online_cache_dir = str(root / "online_cache")
+        fill_unset(self, default_places(common_settings().data_root, predict_mode=self.mode))
         return self
 
     def to_json(self) -> dict[str, Any]:

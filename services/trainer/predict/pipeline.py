@@ -48,7 +48,11 @@ class Encoded:
     images: Features
 
 
-def load_model(checkpoint: str | Path, options: PredictOptions, device: torch.device) -> torch.nn.Module:
+def load_model(checkpoint: str | Path, options: PredictOptions,
+               device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model in eval mode on ``device``, and where the checkpoint came from (its path, epoch
+    and step: read once here, not again by whoever needs them; not its weights, which would
+    stay in memory beside the model's)."""
     from services.trainer.model import create_model
     from services.trainer.model.checkpoint import load_weights
 
@@ -56,8 +60,8 @@ def load_model(checkpoint: str | Path, options: PredictOptions, device: torch.de
         options.vision_model, options.text_model,
         attn_implementation=options.attn_implementation, precision=options.precision,
     )
-    load_weights(model, checkpoint)
-    return model.to(device).eval()
+    read = load_weights(model, checkpoint)
+    return model.to(device).eval(), {key: read[key] for key in ("path", "epoch", "step")}
 
 
 def encode(
@@ -147,7 +151,7 @@ def score_member(
         emit("ensemble", member=member, checkpoint=str(checkpoint), progress="reused", scores=str(path))
         return load_saved_scores(path), None, True
     emit("ensemble", member=member, checkpoint=str(checkpoint), progress="encoding", scores=str(path))
-    model = load_model(checkpoint, options, device)
+    model, _ = load_model(checkpoint, options, device)
     encoded = encode(model, image_data, text_data, options, device, emit)
     del model
     writer = ScoreMatrixWriter(path, (len(encoded.texts.ids), len(encoded.images.ids)), options.scores_dtype)

@@ -80,12 +80,12 @@ def _finish(
 
 def _single(config: PredictConfig, emit: Emit) -> dict[str, Any]:
     device = resolve_device(config.device)
-    model = load_model(config.resume, config, device)
+    model, checkpoint = load_model(config.resume, config, device)
     adapted = None
     if config.online != "off":
         from services.trainer.online.adapt import adapt
 
-        adapted = adapt(model, config.resume, config, device, emit)
+        adapted = adapt(model, checkpoint, config, device, emit)
     encoded = encode(model, config.image_data, config.text_data, config, device, emit)
     del model
     writer = scores_path = None
@@ -130,8 +130,8 @@ def _online_members(config: PredictConfig, emit: Emit) -> list[str]:
     device = resolve_device(config.device)
     adapted = []
     for i, checkpoint in enumerate(config.members):
-        model = load_model(checkpoint, config, device)
-        adapted.append(str(adapt(model, checkpoint, config, device, emit, member=i)))
+        model, read = load_model(checkpoint, config, device)
+        adapted.append(str(adapt(model, read, config, device, emit, member=i)))
         del model
     return adapted
 

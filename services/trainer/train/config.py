@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import model_validator
 
+from shared.layout import default_places, fill_unset
 from shared.options import TrainOptions, TrainRunOptions
 from shared.settings import common_settings
 
@@ -19,11 +20,7 @@ class ConfigError(ValueError):
 class TrainConfig(TrainOptions, TrainRunOptions):
     @model_validator(mode="after")
     def _default_places(self) -> "TrainConfig":
-        root = common_settings().data_root
-        if self.logs is None:
-            self.logs = str(root / "experiments")
-        if self.online_cache_dir is None:
-            self.online_cache_dir = str(root / "online_cache")
+        fill_unset(self, default_places(common_settings().data_root))
         return self
 
     @property

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from services.trainer.precision import DeviceUnavailableError, resolve_device  # noqa: F401 (re-exported)
+from services.trainer.precision import resolve_device
 
 
 @dataclass

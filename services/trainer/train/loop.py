@@ -41,9 +41,7 @@ from services.trainer.train.loss import contrastive_loss
 from services.trainer.train.online import NoOnline, OnlineHook
 from services.trainer.train.retrieval import recall_at_k
 from services.trainer.train.schedule import warmup_cosine
-from services.trainer.train.step import (  # noqa: F401 (re-exported)
-    MAX_LOGIT_SCALE, StepResult, TrainStep, build_optimizer, no_weight_decay, step_seed,
-)
+from services.trainer.train.step import StepResult, TrainStep, build_optimizer, step_seed
 from services.trainer.online.learner import OnlineLoginTimeout
 from services.trainer.precision import half_weights
 from shared.muge import write_predictions
