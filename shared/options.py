@@ -144,6 +144,10 @@ class OnlineOptions(_Options):
         1800.0, ge=0, le=7 * 86400, description="live: how long to wait for a crawler rank to log in before failing")
     online_dedupe_gallery: bool = Field(
         True, description="drop crawled images that are near-duplicates of the gallery being scored")
+    online_lr: float | None = Field(
+        None, gt=0, le=10,
+        description="learning rate of the online steps (default: training: the schedule's current rate, which "
+                    "decays to zero by the last validation; test time: --lr)")
     online_cache_dir: PathText | None = Field(
         None, json_schema_extra=OUTPUT,
         description="crawled-image cache (default: the data root's online_cache/)")

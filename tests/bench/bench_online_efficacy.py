@@ -164,6 +164,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=0.003, help="training learning rate (the demo's)")
     parser.add_argument("--valid-epoch-interval", type=int, default=1)
+    parser.add_argument("--online-lr", type=float, default=None,
+                        help="online_lr of the online training runs (default: the schedule's current rate)")
     parser.add_argument("--tta-epochs", type=int, default=5, help="--online-max-epochs of test-time online")
     parser.add_argument("--tta-lr", default="5e-5",
                         help="comma-separated learning rates of test-time online (the first crawls live)")
@@ -189,7 +191,7 @@ def main() -> int:
             runs["offline"] = {"train": info, **bench.predict("offline", offline_ckpt)}
             progress("offline", runs["offline"])
             live_ckpt, info = bench.train("online-live", online="live", online_cache_dir=str(train_cache),
-                                          online_wait_s=1800)
+                                          online_wait_s=1800, online_lr=args.online_lr)
             runs["online_live"] = {"train": info, **bench.predict("online-live", live_ckpt)}
             progress("online_live", runs["online_live"])
             test_cache = workdir / "cache-test"
@@ -201,7 +203,8 @@ def main() -> int:
                     "--online-cache-dir", str(test_cache), "--online-wait-s", "1800", "--lr", str(lr))}
                 progress(name, runs[name])
             if not args.skip_cache_run:
-                cache_ckpt, info = bench.train("online-cache", online="cache", online_cache_dir=str(train_cache))
+                cache_ckpt, info = bench.train("online-cache", online="cache", online_cache_dir=str(train_cache),
+                                               online_lr=args.online_lr)
                 runs["online_cache"] = {"train": info, **bench.predict("online-cache", cache_ckpt)}
                 progress("online_cache", runs["online_cache"])
     finally:
@@ -221,7 +224,7 @@ def main() -> int:
         "browsers": "2 crawler workers, headless Chromium",
         "sizes": {"n_train": args.n_train, "n_valid": args.n_valid, "n_test": args.n_test,
                   "image_size": args.image_size, "steps": args.steps, "batch_size": args.batch_size,
-                  "lr": args.lr, "tta_epochs": args.tta_epochs},
+                  "lr": args.lr, "online_lr": args.online_lr, "tta_epochs": args.tta_epochs},
         "cpu_count": os.cpu_count(),
         "load_average_1min": [round(load_before[0], 1), round(os.getloadavg()[0], 1)],
         "runs": runs,

@@ -40,4 +40,4 @@ def build_learner(options: Any, env: DistEnv, step: TrainStep, resolution: int, 
     return OnlineLearner(source=source, step=step, env=env, transform=image_transform(resolution),
                          emit=emit, seed=options.seed, images_per_query=options.online_images,
                          login_timeout_s=options.online_login_timeout_s, image_index=image_index,
-                         online_steps=online_steps, trace=trace)
+                         online_steps=online_steps, trace=trace, lr=options.online_lr)

@@ -16,13 +16,14 @@ test-time adaptation (prediction). It knows nothing of the mode: an image source
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -55,7 +56,8 @@ class OnlineLearner:
     def __init__(self, *, source: ImageSource, step: TrainStep, env: DistEnv, transform: Callable,
                  emit: Callable[..., None], seed: int, images_per_query: int,
                  login_timeout_s: float, image_index: Callable[[int], int] = lambda pass_index: 0,
-                 online_steps: int = 0, trace: Callable[[dict], None] | None = None):
+                 online_steps: int = 0, trace: Callable[[dict], None] | None = None,
+                 lr: float | None = None):
         self.source = source
         self.step = step
         self.env = env
@@ -67,6 +69,7 @@ class OnlineLearner:
         self.image_index = image_index
         self.online_steps = online_steps  # counted over the run, stored in checkpoints
         self.trace = trace  # per-rank audit of every online batch (--trace-batches)
+        self.lr = lr  # None: the optimizer's current rate (the training schedule's)
         self.pass_index = 0
         self.epoch: int | None = None
         self._totals: PassTotals | None = None
@@ -176,7 +179,8 @@ class OnlineLearner:
             valid[:len(images)] = True
         torch.manual_seed(step_seed(self.seed, ONLINE_SEED_OFFSET + self.online_steps, env.rank))
         chunk = self.step.to_device(pixels, input_ids, attention_mask, valid)
-        result = self.step([chunk])
+        with _learning_rate(self.step.optimizer, self.lr):
+            result = self.step([chunk])
         self.online_steps += 1
         return result.loss
 
@@ -206,3 +210,19 @@ class OnlineLearner:
 
     def close(self) -> None:
         self.source.close()
+
+
+@contextlib.contextmanager
+def _learning_rate(optimizer: torch.optim.Optimizer, lr: float | None) -> Iterator[None]:
+    """Steps at ``lr`` (when given), then gives the training schedule its rates back."""
+    if lr is None:
+        yield
+        return
+    scheduled = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    try:
+        yield
+    finally:
+        for group, rate in zip(optimizer.param_groups, scheduled):
+            group["lr"] = rate

@@ -49,6 +49,33 @@ def test_a_validation_pass_steps_once_per_batch_on_cached_pictures(synthetic_dat
     assert torch.load(config.checkpoint_dir / "epoch1.pt", weights_only=False)["online_steps"] == len(online)
 
 
+def test_online_lr_steps_at_its_own_rate_and_gives_the_schedule_its_rate_back(synthetic_data, tmp_path):
+    texts = [t["text"] for t in synthetic_data.manifest["texts"]["valid"]]
+    fill_cache(tmp_path / "cache", "valid", texts)
+    changed = {}
+    for online_lr in (None, 1e-3):
+        config = make_config(synthetic_data, tmp_path / str(online_lr), online="cache",
+                             online_cache_dir=str(tmp_path / "cache"), online_dedupe_gallery=False,
+                             online_lr=online_lr)
+        trainer = Trainer(config, CPU)
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = 0.0  # where the cosine schedule ends: the last validation's rate
+        rates = []
+        plain_step = trainer.optimizer.step
+
+        def recording_step(*args, **kwargs):
+            rates.append({group["lr"] for group in trainer.optimizer.param_groups})
+            return plain_step(*args, **kwargs)
+
+        trainer.optimizer.step = recording_step
+        before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        trainer.validate(epoch=0)
+        assert rates and all(r == {online_lr or 0.0} for r in rates), rates
+        assert [group["lr"] for group in trainer.optimizer.param_groups] == [0.0, 0.0]
+        changed[online_lr] = any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert changed == {None: False, 1e-3: True}
+
+
 def test_no_cached_picture_means_no_step_and_no_change(synthetic_data, tmp_path):
     config = make_config(synthetic_data, tmp_path, online="cache", online_cache_dir=str(tmp_path / "empty"),
                          online_dedupe_gallery=False)
