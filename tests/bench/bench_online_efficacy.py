@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import torch  # noqa: E402
 
 from services.trainer.data.lmdb_build import build_lmdb  # noqa: E402
-from services.trainer.predict.evaluate import read_ground_truth, read_predictions, recall_metrics  # noqa: E402
+from shared.muge import read_ground_truth, read_predictions, recall_metrics  # noqa: E402
 from services.trainer.train.config import TrainConfig  # noqa: E402
 from services.trainer.train.distributed import DistEnv  # noqa: E402
 from services.trainer.train.loop import Trainer  # noqa: E402
