@@ -92,11 +92,15 @@ def _ping(redis_url: str, timeout: float) -> list[str]:
     """Names of the workers that answer a Celery ping within ``timeout``."""
     app = Celery("cnclip-test-ping", broker=redis_url)
     deadline = time.monotonic() + timeout
+    # A connection of our own, closed here: a ping that times out leaves its BRPOP unread, and
+    # a pooled connection kept like that makes every later fork of this process (a DataLoader
+    # worker) hang in kombu's after-fork cleanup, waiting for the reply.
     try:
-        while time.monotonic() < deadline:
-            replies = app.control.ping(timeout=1.0)
-            if replies:
-                return [name for reply in replies for name in reply]
+        with app.connection_for_write() as connection:
+            while time.monotonic() < deadline:
+                replies = app.control.ping(timeout=1.0, connection=connection)
+                if replies:
+                    return [name for reply in replies for name in reply]
         return []
     finally:
         app.close()

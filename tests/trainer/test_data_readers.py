@@ -14,6 +14,10 @@ from services.trainer.data.texts import TextsDataset, read_texts
 from services.trainer.data.transforms import image_transform
 from services.trainer.tokenizer import tokenize
 
+# A worker that does not deliver within this is stuck (a fork that inherited a held lock):
+# the test fails with the DataLoader's error instead of hanging until the suite's timeout.
+WORKER_TIMEOUT_S = 120
+
 
 def expected_pairs(synthetic_data, split):
     texts = [json.loads(l) for l in synthetic_data.texts(split).read_text(encoding="utf-8").splitlines()]
@@ -84,7 +88,7 @@ def test_several_workers_read_random_indices(synthetic_data, context):
     dataset[order[0]]  # the parent opens its handles before the workers start
     reference = {i: (dataset[i][0], dataset[i][1]) for i in order}
     loader = DataLoader(Indexed(dataset), batch_size=7, sampler=order, num_workers=2,
-                        multiprocessing_context=multiprocessing.get_context(context))
+                        multiprocessing_context=multiprocessing.get_context(context), timeout=WORKER_TIMEOUT_S)
     items = collect(loader)
     assert sorted(items) == sorted(order)
     for i in order:
@@ -93,7 +97,7 @@ def test_several_workers_read_random_indices(synthetic_data, context):
 
 def test_gallery_loader_with_workers(synthetic_data):
     gallery = GalleryDataset(synthetic_data.lmdb("valid"), image_transform(64))
-    loader = DataLoader(gallery, batch_size=16, num_workers=2, collate_fn=collate_gallery)
+    loader = DataLoader(gallery, batch_size=16, num_workers=2, collate_fn=collate_gallery, timeout=WORKER_TIMEOUT_S)
     ids = [i for batch_ids, images in loader for i in batch_ids]
     assert ids == gallery.image_ids
     assert len(ids) == synthetic_data.manifest["splits"]["valid"]["images"]
@@ -107,7 +111,7 @@ def test_texts_dataset(synthetic_data):
     assert (text_id, text) == (lines[4]["text_id"], lines[4]["text"])
     ids, mask = tokenize([text], 20)
     assert torch.equal(input_ids, ids[0]) and torch.equal(attention_mask, mask[0])
-    batch = next(iter(DataLoader(dataset, batch_size=5, num_workers=1)))
+    batch = next(iter(DataLoader(dataset, batch_size=5, num_workers=1, timeout=WORKER_TIMEOUT_S)))
     assert batch[0].tolist() == [l["text_id"] for l in lines[:5]]
     assert list(batch[1]) == [l["text"] for l in lines[:5]]
     assert dataset.text_ids == [l["text_id"] for l in lines]

@@ -35,6 +35,7 @@ def test_a_validation_pass_steps_once_per_batch_on_cached_pictures(synthetic_dat
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.validate(epoch=0)
     trainer.save("epoch1.pt", 1)
+    trainer.close()
     sink.close()
     online = [e["data"] for e in _events(events) if e["type"] == "online"]
     assert [o["batch"] for o in online] == list(range(trainer.valid_data.num_batches))
@@ -70,6 +71,7 @@ def test_online_lr_steps_at_its_own_rate_and_gives_the_schedule_its_rate_back(sy
         trainer.optimizer.step = recording_step
         before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
         trainer.validate(epoch=0)
+        trainer.close()
         assert rates and all(r == {online_lr or 0.0} for r in rates), rates
         assert [group["lr"] for group in trainer.optimizer.param_groups] == [0.0, 0.0]
         changed[online_lr] = any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
@@ -82,6 +84,7 @@ def test_no_cached_picture_means_no_step_and_no_change(synthetic_data, tmp_path)
     trainer = Trainer(config, CPU)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.validate(epoch=0)
+    trainer.close()
     assert trainer.online.online_steps == 0
     assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
 
@@ -133,6 +136,7 @@ def test_a_resumed_run_continues_the_online_step_count_without_repeating_passes(
     again = Trainer(make_config(synthetic_data, tmp_path, max_steps=4, **common), CPU, sink)
     assert again.step == 2 and again.online.online_steps == per_pass
     again.fit()
+    again.close()
     sink.close()
     passes = [e["data"] for e in _events(events) if e["type"] == "online_pass"]
     assert len(passes) == 1  # only the pass at step 4; the one at step 2 was finished before
