@@ -271,7 +271,6 @@ class CrawlClient:
         self.celery.conf.task_routes = {CRAWL_TASK: {"queue": CRAWL_QUEUE}}
 
     def close(self) -> None:
-        self.celery.pool.force_close_all()  # Celery.close() leaves the pool's sockets open
         self.celery.close()
         self.redis.close()
 

@@ -109,7 +109,5 @@ class CrawlClient:
             if drop_stream:
                 self.redis.delete(self.reply_stream)
         finally:
-            # Celery.close() forgets the connection pool without closing its sockets.
-            self.celery.pool.force_close_all()
             self.celery.close()
             self.redis.close()
