@@ -118,6 +118,11 @@ class RecordingHook(NoOnline):
     def __init__(self):
         self.calls = []
         self.before = None
+        self.prefetched = []
+
+    def prefetch(self, split, texts):
+        assert not self.calls, "prefetch comes before any validation batch"
+        self.prefetched.append((split, list(texts)))
 
     def before_eval(self, split, texts):
         self.before = list(texts)
@@ -139,6 +144,15 @@ def test_online_hook_sees_each_validation_batch_once(synthetic_data, tmp_path):
     assert set(hook.before) == valid_texts  # every query, padded by wrapping around
     assert result.texts == len(valid_texts)
     assert Path(result.predictions).is_file()
+
+
+def test_the_validation_queries_are_prefetched_once_when_training_starts(synthetic_data, tmp_path):
+    hook = RecordingHook()
+    trainer = Trainer(make_config(synthetic_data, tmp_path, max_steps=2, valid_step_interval=1,
+                                  valid_epoch_interval=-1), CPU, online=hook)
+    trainer.fit()
+    assert hook.prefetched == [("valid", list(trainer.valid_data.rank_texts()))]
+    assert len(hook.calls) == 2 * trainer.valid_data.num_batches  # two validations, one prefetch
 
 
 def test_validation_writes_muge_predictions_that_chinese_clip_scores_the_same(synthetic_data, tmp_path):

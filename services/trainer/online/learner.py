@@ -76,6 +76,9 @@ class OnlineLearner:
         self._login_checked = False
 
     # ---- the OnlineHook seam ---------------------------------------------------------------
+    def prefetch(self, split: str, texts: Sequence[str]) -> None:
+        self.source.prefetch(split, texts)
+
     def before_eval(self, split: str, texts: Sequence[str]) -> None:
         self._wait_for_login()
         self._totals = PassTotals()

@@ -36,12 +36,15 @@ log = logging.getLogger(__name__)
 
 # How long the live source waits on the reply stream per read; bounds how late a stop is seen.
 _COLLECT_BLOCK_MS = 200
+# The pass index of requests made by ``prefetch`` (before any pass; real passes count from 0).
+PREFETCH_PASS = -1
 # Login polling interval while waiting for a crawler rank to be logged in.
 _LOGIN_POLL_S = 1.0
 
 
 class ImageSource(Protocol):
     def wait_for_login(self, timeout_s: float, on_waiting: Callable[[list[int]], None]) -> bool: ...
+    def prefetch(self, split: str, queries: Sequence[str]) -> None: ...
     def start_pass(self, split: str, queries: Sequence[str], pass_index: int) -> None: ...
     def take(self, queries: Sequence[str]) -> dict[str, Fetched]: ...
     def end_pass(self) -> dict: ...
@@ -53,7 +56,7 @@ def _counters() -> dict[str, int]:
     return dict.fromkeys(
         ("queries", "distinct", "submitted", "cache_hits", "arrived", "arrived_late", "late",
          "failed", "not_cached", "leaked", "dropped_leaked", "invalid_images", "expired",
-         "max_in_flight", "wait_ms"), 0)
+         "max_in_flight", "wait_ms", "from_prefetch"), 0)
 
 
 def _distinct(queries: Sequence[str]) -> list[str]:
@@ -221,6 +224,9 @@ class CacheSource(_Fetcher):
     def wait_for_login(self, timeout_s: float, on_waiting: Callable[[list[int]], None]) -> bool:
         return True
 
+    def prefetch(self, split: str, queries: Sequence[str]) -> None:
+        pass  # nothing to fetch: the cache is all there is
+
     def start_pass(self, split: str, queries: Sequence[str], pass_index: int) -> None:
         self._begin(split, queries)
         self.plan_reads(_distinct(queries))
@@ -254,6 +260,7 @@ class _Flight:
     split: str
     pass_index: int
     expires_at: float  # monotonic time after which its slot in the window is given up
+    query: str = ""
 
 
 @dataclass
@@ -279,6 +286,9 @@ class _PassState:
     arrived: dict = field(default_factory=dict)     # normalised -> _Arrived
     marked_late: set = field(default_factory=set)   # normalised, handed out as "late"
     held: int = 0                                   # arrived entries whose bytes are in memory
+    # normalised, queued and answered by a prefetch request already in flight (not asked again
+    # unless that request expires)
+    prefetching: set = field(default_factory=set)
 
 
 class LiveSource(_Fetcher):
@@ -303,6 +313,9 @@ class LiveSource(_Fetcher):
         self._cond = threading.Condition()
         self._flights: dict[str, _Flight] = {}
         self._pass: _PassState | None = None
+        # Asked before any pass (the job's start): (split, normalised, query), submitted when
+        # the window has room and no pass is waiting; the results only fill the cache.
+        self._prefetch: collections.deque = collections.deque()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.errors = 0
@@ -319,6 +332,18 @@ class LiveSource(_Fetcher):
                 return True
         return False
 
+    # ---- before any pass -------------------------------------------------------------------
+    def prefetch(self, split: str, queries: Sequence[str]) -> None:
+        """Crawls ``queries`` that the cache lacks into it, in the background, while the job
+        does other work (training runs long before its first validation pass). A pass later
+        serves them from the cache, or waits for the request already in flight."""
+        cache = ImageCache(self.cache_dir, split)
+        wanted = [(split, normalize_query(q), q) for q in _distinct(queries) if q not in cache]
+        with self._cond:
+            self._prefetch.extend(wanted)
+            self._cond.notify_all()
+        self._start_thread()
+
     # ---- a pass ---------------------------------------------------------------------------
     def start_pass(self, split: str, queries: Sequence[str], pass_index: int) -> None:
         cache = self._begin(split, queries)
@@ -326,18 +351,29 @@ class LiveSource(_Fetcher):
         for query in queries:
             state.uses_left[normalize_query(query)] += 1
         cached = []
-        for query in _distinct(queries):
-            norm = normalize_query(query)
-            if query in cache:
-                state.cache_hits.add(norm)
-                cached.append(query)
-            else:
-                state.pending.append((norm, query))
-                state.queued.add(norm)
-        self.plan_reads(cached)
+        # Under the lock: a prefetch result handled between sorting the queries and installing
+        # the pass would otherwise be waited for in vain.
         with self._cond:
+            prefetching = {f.norm for f in self._flights.values()
+                           if f.pass_index == PREFETCH_PASS and f.split == split}
+            for query in _distinct(queries):
+                norm = normalize_query(query)
+                if query in cache:
+                    state.cache_hits.add(norm)
+                    cached.append(query)
+                elif norm in prefetching:
+                    state.queued.add(norm)
+                    state.prefetching.add(norm)
+                else:
+                    state.pending.append((norm, query))
+                    state.queued.add(norm)
+            self.counts["from_prefetch"] = len(state.prefetching)
             self._pass = state
             self._cond.notify_all()
+        self.plan_reads(cached)
+        self._start_thread()
+
+    def _start_thread(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="crawl-ahead", daemon=True)
             self._thread.start()
@@ -359,7 +395,7 @@ class LiveSource(_Fetcher):
                 if norm not in state.submitted and norm not in state.queued:
                     state.uses_left[norm] += 1  # not announced in start_pass
                     state.queued.add(norm)
-                if norm in state.queued:
+                if norm in state.queued and norm not in state.prefetching:
                     # Needed now: ahead of queries needed later (the old entry goes stale).
                     state.pending.appendleft((norm, query))
                 waiting.append(norm)
@@ -432,23 +468,30 @@ class LiveSource(_Fetcher):
     def _fill_window(self) -> None:
         while True:
             with self._cond:
+                if len(self._flights) >= self.window:
+                    return
                 state = self._pass
-                if state is None or len(self._flights) >= self.window:
-                    return
-                while state.pending and state.pending[0][0] not in state.queued:
-                    state.pending.popleft()  # stale
-                if not state.pending:
-                    return
-                norm, query = state.pending.popleft()
-                state.queued.discard(norm)
-                state.submitted.add(norm)
-                request = self.client.make_request(query, split=state.split,
-                                                   pass_index=state.pass_index,
+                if state is not None:
+                    while state.pending and state.pending[0][0] not in state.queued:
+                        state.pending.popleft()  # stale
+                if state is not None and state.pending:
+                    norm, query = state.pending.popleft()
+                    state.queued.discard(norm)
+                    state.submitted.add(norm)
+                    split, pass_index = state.split, state.pass_index
+                    self.add("submitted")
+                else:
+                    # The pass has asked for all it needs: crawl what the job will need later.
+                    ahead = self._next_prefetch(state)
+                    if ahead is None:
+                        return
+                    split, norm, query = ahead
+                    pass_index = PREFETCH_PASS
+                request = self.client.make_request(query, split=split, pass_index=pass_index,
                                                    n_images=self.n_images, ttl_s=self.request_ttl_s)
                 self._flights[request.request_id] = _Flight(
-                    norm=norm, split=state.split, pass_index=state.pass_index,
+                    norm=norm, split=split, pass_index=pass_index, query=query,
                     expires_at=time.monotonic() + self.request_ttl_s + self.expiry_grace_s)
-                self.add("submitted")
                 with self._count_lock:
                     self.counts["max_in_flight"] = max(self.counts["max_in_flight"], len(self._flights))
             try:
@@ -456,11 +499,26 @@ class LiveSource(_Fetcher):
             except Exception:
                 with self._cond:  # not sent: give the slot back, ask again later
                     self._flights.pop(request.request_id, None)
-                    self.add("submitted", -1)
-                    state.submitted.discard(norm)
-                    state.queued.add(norm)
-                    state.pending.appendleft((norm, query))
+                    if pass_index == PREFETCH_PASS:
+                        self._prefetch.appendleft((split, norm, query))
+                    else:
+                        self.add("submitted", -1)
+                        state.submitted.discard(norm)
+                        state.queued.add(norm)
+                        state.pending.appendleft((norm, query))
                 raise
+
+    def _next_prefetch(self, state: _PassState | None) -> tuple[str, str, str] | None:
+        """The next query to crawl ahead that nobody has asked for since (under the lock)."""
+        while self._prefetch:
+            split, norm, query = self._prefetch.popleft()
+            if state is not None and state.split == split and (
+                    norm in state.queued or norm in state.submitted or norm in state.cache_hits):
+                continue  # the pass has it in hand
+            if query in ImageCache(self.cache_dir, split):
+                continue
+            return split, norm, query
+        return None
 
     def _on_result(self, result: CrawlResult) -> None:
         images, invalid = keep_valid_jpegs(result.images)
@@ -474,13 +532,21 @@ class LiveSource(_Fetcher):
             current = (flight is not None and state is not None and flight.split == state.split
                        and flight.pass_index == state.pass_index and flight.norm in state.submitted)
             if not current:
-                # An earlier pass's or run's result: cached. If this pass still waits to ask
-                # for the same query, the cache now answers it.
+                # An earlier pass's, run's or the prefetch's result: cached. If this pass still
+                # waits to ask for the same query, the cache now answers it.
                 norm = normalize_query(result.query)
-                if images and state is not None and result.split == state.split \
-                        and norm in state.queued:
+                if state is None or result.split != state.split or norm not in state.queued:
+                    return
+                if images:
                     state.queued.discard(norm)
+                    state.prefetching.discard(norm)
                     state.cache_hits.add(norm)
+                    self._cond.notify_all()
+                elif norm in state.prefetching:
+                    # The request this pass waited on failed: that is the pass's answer.
+                    state.queued.discard(norm)
+                    state.prefetching.discard(norm)
+                    state.arrived[norm] = _Arrived(None, result.status)
                     self._cond.notify_all()
                 return
             if flight.norm in state.arrived:
@@ -503,9 +569,16 @@ class LiveSource(_Fetcher):
     def _expire(self) -> None:
         now = time.monotonic()
         with self._cond:
+            state = self._pass
             for request_id in [r for r, f in self._flights.items() if f.expires_at < now]:
-                self._flights.pop(request_id)
+                flight = self._flights.pop(request_id)
                 self.add("expired")
+                if (state is not None and flight.pass_index == PREFETCH_PASS and flight.split == state.split
+                        and flight.norm in state.prefetching):
+                    # The pass waited on it: ask again, now.
+                    state.prefetching.discard(flight.norm)
+                    state.pending.appendleft((flight.norm, flight.query))
+                    self._cond.notify_all()
 
 
 def _by_spelling(queries: Sequence[str], found: dict[str, Fetched]) -> dict[str, Fetched]:

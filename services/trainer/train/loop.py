@@ -263,6 +263,9 @@ class Trainer:
                  config.vision_model, config.text_model, self.max_steps, self.max_epochs, self.steps_per_epoch,
                  config.batch_size * config.accum_freq * self.env.world_size, self.env.world_size, self.device)
         self.sink.emit("phase", name="train", step=self.step, total_steps=self.max_steps)
+        if self.valid_data is not None:
+            # Live online learning crawls the validation queries while the model trains.
+            self.online.prefetch("valid", self.valid_data.rank_texts())
         for epoch in range(start_epoch, self.max_epochs):
             first_batch = (self.step - epoch * self.steps_per_epoch) * config.accum_freq
             steps_this_epoch = self._train_epoch(epoch, first_batch)

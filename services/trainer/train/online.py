@@ -5,7 +5,8 @@ During validation (training) and on test batches (prediction) the loop calls
 with the batch itself (texts, token ids and attention mask included). An online learner takes
 its training step there. ``before_eval(split, texts)`` / ``after_eval(split)`` bracket each pass
 so a learner can submit all queries ahead (crawl ahead, never block the accelerator) and report
-its totals. The learner (services/trainer/online/learner.py) holds its own narrow context
+its totals; ``prefetch(split, texts)``, called when training starts, lets it fetch what the
+passes will need while the job trains. The learner (services/trainer/online/learner.py) holds its own narrow context
 (the step unit, the process group, where to report); the hook is never given the trainer.
 """
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 @runtime_checkable
 class OnlineHook(Protocol):
+    def prefetch(self, split: str, texts: Sequence[str]) -> None: ...
+
     def before_eval(self, split: str, texts: Sequence[str]) -> None: ...
 
     def on_eval_batch(self, split: str, batch_index: int, batch: Any) -> None: ...
@@ -26,6 +29,9 @@ class NoOnline:
     """Plain offline evaluation: every call does nothing."""
 
     online_steps = 0
+
+    def prefetch(self, split: str, texts: Sequence[str]) -> None:
+        pass
 
     def before_eval(self, split: str, texts: Sequence[str]) -> None:
         pass

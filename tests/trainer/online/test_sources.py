@@ -373,3 +373,54 @@ def test_results_of_a_restarted_run_are_used_and_a_later_pass_asks_again(tmp_pat
     assert request.request_id not in {r.request_id for r in requests}
     again.end_pass()
     again.close()
+
+
+def test_prefetched_queries_are_not_asked_twice_and_their_results_serve_the_pass(tmp_path, redis_url,
+                                                                                  redis_client):
+    hand = HandCrawler(redis_client)
+    source = _live_source(tmp_path, redis_url, job_id="job-prefetch", window=8, wait_s=10)
+    try:
+        # The job starts: the validation queries are crawled while the model trains.
+        source.prefetch("valid", QUERIES[:4])
+        assert [r.query for r in hand.wait_queued(4)] == QUERIES[:4]
+        hand.answer(count=2)
+        cache = ImageCache(tmp_path / "cache", "valid")
+        deadline = time.monotonic() + 10
+        while not (QUERIES[0] in cache and QUERIES[1] in cache):
+            assert time.monotonic() < deadline, "prefetched results never reached the cache"
+            time.sleep(0.02)
+        # The first pass: two from the cache, two waited for (already asked), one new request.
+        source.start_pass("valid", QUERIES[:5], pass_index=0)
+        assert [r.query for r in hand.wait_queued(3)] == [QUERIES[2], QUERIES[3], QUERIES[4]]
+        hand.answer({QUERIES[3]: []}, count=3)  # the crawl of QUERIES[3] fails
+        got = source.take(QUERIES[:5])
+        counts = source.end_pass()
+        left = [(r.query, r.request_id) for r in hand.queued()]
+    finally:
+        source.close()
+    assert left == [], (left, counts)
+    assert [got[q].ok for q in QUERIES[:5]] == [True, True, True, False, True]
+    assert got[QUERIES[3]].reason == "failed"
+    assert counts["from_prefetch"] == 2 and counts["submitted"] == 1 and counts["cache_hits"] == 3
+
+
+def test_a_prefetch_request_that_is_lost_is_asked_again_by_the_pass(tmp_path, redis_url, redis_client):
+    hand = HandCrawler(redis_client)
+    source = make_source("live", cache_dir=tmp_path, job_id="job-prefetch-lost", rank=0, n_images=1, window=2,
+                         wait_s=20, redis_url=redis_url, request_ttl_s=2.0, guard=None)
+    source.expiry_grace_s = 0.5
+    try:
+        source.prefetch("valid", QUERIES[:1])
+        hand.wait_queued(1)
+        redis_client.rpop(CRAWL_QUEUE)  # taken by a crawler that vanished for good
+        source.start_pass("valid", QUERIES[:1], pass_index=0)
+        assert source.counts["from_prefetch"] == 1  # waited for, not asked again yet
+        asked_again = hand.wait_queued(1, timeout=15)  # once the lost request expires
+        assert asked_again[0].query == QUERIES[0]
+        hand.answer()
+        got = source.take(QUERIES[:1])
+        counts = source.end_pass()
+    finally:
+        source.close()
+    assert got[QUERIES[0]].ok
+    assert counts["submitted"] == 1 and counts["expired"] == 1
