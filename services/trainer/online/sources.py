@@ -392,7 +392,7 @@ class LiveSource(_Fetcher):
                 norm = normalize_query(query)
                 if norm in state.cache_hits:
                     continue
-                if norm not in state.submitted and norm not in state.queued:
+                if norm not in state.submitted and norm not in state.queued and norm not in state.arrived:
                     state.uses_left[norm] += 1  # not announced in start_pass
                     state.queued.add(norm)
                 if norm in state.queued and norm not in state.prefetching:

@@ -393,7 +393,15 @@ def test_prefetched_queries_are_not_asked_twice_and_their_results_serve_the_pass
         source.start_pass("valid", QUERIES[:5], pass_index=0)
         assert [r.query for r in hand.wait_queued(3)] == [QUERIES[2], QUERIES[3], QUERIES[4]]
         hand.answer({QUERIES[3]: []}, count=3)  # the crawl of QUERIES[3] fails
+        # All three handled before the batch asks (the harder order: a failed prefetch
+        # result must not make the batch ask again).
+        deadline = time.monotonic() + 10
+        while len(source._pass.arrived) < 2 or QUERIES[2] not in cache:
+            assert time.monotonic() < deadline, "results never handled"
+            time.sleep(0.02)
+        time.sleep(0.3)
         got = source.take(QUERIES[:5])
+        time.sleep(0.5)  # a request sent by take() would be queued by now
         counts = source.end_pass()
         left = [(r.query, r.request_id) for r in hand.queued()]
     finally:
