@@ -162,8 +162,8 @@ class Validation(EventPayload):
 
 
 class OnlineBatch(EventPayload):
-    """One batch of online learning: how many of its ``queries`` brought images, the
-    ``pairs`` trained on, why the others are ``missing`` (reason -> count, reasons in
+    """One batch of online learning: how many of its ``queries`` brought images (``pairs``,
+    learnt from in each of the batch's ``steps``), why the others are ``missing`` (reason -> count, reasons in
     ``services/trainer/online/types.py``), pairs dropped as near-duplicates of the gallery,
     how long the batch waited for the crawlers, the online step's loss and number."""
 
@@ -177,13 +177,18 @@ class OnlineBatch(EventPayload):
     pairs: int | None = None
     missing: dict[str, int] | None = None
     dropped_leaked: int | None = None
+    # Pictures left out as disagreeing with the query's other pictures (online_keep_images).
+    dropped_disagreeing: int | None = None
+    replay_pairs: int | None = None  # offline pairs mixed into this batch's steps (online_replay)
+    steps: int | None = None  # online steps this batch took (its share of the pass's budget)
     wait_ms: float | None = None
-    loss: float | None = None
+    loss: float | None = None  # of the batch's last step
     online_step: int | None = None
 
     def counts(self) -> dict[str, float]:
         """What adds up over batches (``missing`` as its total over the reasons)."""
-        counts = self.set_fields("queries", "pairs", "dropped_leaked", "wait_ms")
+        counts = self.set_fields("queries", "pairs", "dropped_leaked", "dropped_disagreeing", "replay_pairs",
+                                 "steps", "wait_ms")
         if self.missing is not None:
             counts["missing"] = sum(self.missing.values())
         return counts
@@ -201,6 +206,8 @@ class OnlinePass(EventPayload):
     missing: dict[str, int] | None = None
     cache_hits: int | None = None
     dropped_leaked: int | None = None
+    dropped_disagreeing: int | None = None
+    replay_pairs: int | None = None
     source: dict[str, float] | None = None  # the image source's own counters of the pass
     online_step: int | None = None
     wall_s: float | None = None

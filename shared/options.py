@@ -32,6 +32,8 @@ LossKind = Literal["clip", "dsl"]
 ScoresDtype = Literal["float16", "float32"]
 
 DEFAULT_MAX_EPOCHS = 32  # Chinese-CLIP's default when neither length is given
+# Online steps per training step (online_step_ratio's default; docs/architecture.md says why).
+ONLINE_STEP_RATIO = 0.25
 
 # ---- model names ---------------------------------------------------------------------------
 # The towers this build has configurations for (services/trainer/model/configs.py holds their
@@ -151,6 +153,33 @@ class OnlineOptions(_Options):
     online_cache_dir: PathText | None = Field(
         None, json_schema_extra=OUTPUT,
         description="crawled-image cache (default: the data root's online_cache/)")
+    # The levers that make online learning pay on every data set (docs/architecture.md, "Online
+    # learning: what pays", holds the benchmark rows behind each default). The prototype's
+    # behaviour: online_step_ratio none, online_cycle_images off, online_keep_images none,
+    # online_replay 0, online_interpolate 1.
+    online_step_ratio: float | None = Field(
+        ONLINE_STEP_RATIO, ge=0, le=100,
+        description="training: online steps per training step since the last validation pass, spread over "
+                    "the pass's batches, so how much is learnt online does not depend on how often validation "
+                    "runs; none: one step per validation batch (the prototype)")
+    online_cycle_images: bool = Field(
+        True, description="each use of a query learns from its next kept crawled image; off: the first image "
+                          "in training, image pass mod K at test time (the prototype)")
+    online_keep_images: int | None = Field(
+        3, ge=1, le=20,
+        description="keep the N crawled images of a query that agree most with its other images (image "
+                    "embeddings), dropping outliers such as wrong items; none: keep every image")
+    online_replay: float = Field(
+        1.0, ge=0, le=16,
+        description="offline pairs mixed into each online step per crawled pair, so the model keeps what it "
+                    "knew (training: from train_data; test time: from online_replay_data); 0: none")
+    online_replay_data: PathText | None = Field(
+        None, json_schema_extra=INPUT,
+        description="test time: LMDB split of offline pairs to replay (e.g. the training split); none: no replay")
+    online_interpolate: float = Field(
+        0.5, gt=0, le=1,
+        description="test time: keep this share of the change adaptation made to the weights (w0 + a (w - w0), "
+                    "as WiSE-FT); 1: the adapted weights as they are")
 
 
 LEGACY_ONLINE_FLAGS = ("--online-learning", "--online-cache")

@@ -66,14 +66,16 @@ class SequentialLearner(OnlineLearner):
         return cls(source=learner.source, step=learner.step, env=learner.env,
                    transform=learner.transform, emit=learner.emit, seed=learner.seed,
                    images_per_query=learner.images_per_query,
-                   login_timeout_s=learner.login_timeout_s)
+                   login_timeout_s=learner.login_timeout_s, levers=learner.levers)
 
     def prefetch(self, split: str, texts: Sequence[str]) -> None:
         pass  # the prototype asks for nothing before the pass
 
-    def before_eval(self, split: str, texts: Sequence[str]) -> None:
+    def before_eval(self, split: str, texts: Sequence[str], *, epoch: int | None = None,
+                    train_step: int | None = None, batches: int | None = None) -> None:
         self._wait_for_login()
         self._totals = PassTotals()
+        self.levers.budget.start_pass(train_step, batches)
 
     def learn(self, split, batch_index, texts, input_ids, attention_mask):
         self.source.start_pass(split, list(texts), self.pass_index)

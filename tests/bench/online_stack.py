@@ -24,14 +24,16 @@ class OnlineStack:
 
 
 @contextlib.contextmanager
-def online_stack(workdir: Path, ranks: tuple[int, ...] = (0, 1)) -> Iterator[OnlineStack]:
+def online_stack(workdir: Path, ranks: tuple[int, ...] = (0, 1),
+                 shop_env: dict[str, str] | None = None) -> Iterator[OnlineStack]:
+    """``shop_env``: the shop's settings (e.g. CNCLIP_SHOP_WRONG_ITEM_RATE)."""
     redis_server = RedisServer(workdir / "redis").start()
     os.environ["CNCLIP_REDIS_URL"] = redis_server.url  # read by the live source
     os.environ["CNCLIP_DATA_ROOT"] = str(workdir)
     workers: list[CrawlerWorker] = []
     stack = OnlineStack(redis_server.url, shop=None)
     try:
-        stack.shop = ShopServer().start()
+        stack.shop = ShopServer(env=shop_env).start()
         start_workers(redis_server.url, stack.shop, workdir, workers, ranks)
         yield stack
     finally:

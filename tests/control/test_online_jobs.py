@@ -14,7 +14,8 @@ from tests.fixtures_crawler import log_in
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ONLINE = {**TRAIN, "max_steps": 2, "valid_batch_size": 8, "online_wait_s": 120, "online_images": 2,
-          "online_login_timeout_s": 300, "seed": 7}
+          "online_login_timeout_s": 300, "seed": 7,
+          "online_step_ratio": 2.0}  # two training steps earn four online steps
 
 
 def _online_events(control, job_id: str) -> list[dict]:
@@ -47,6 +48,7 @@ def test_live_job_waits_for_login_learns_and_the_cache_replays_the_same_pairs(
         assert done["progress"]["online_state"] == "logged_in"
     live = _online_events(control, job["id"])
     assert live and all(o["pairs"] > 0 for o in live)
+    assert sum(o["steps"] for o in live) == 4
     cache = ImageCache(shared_root / "online_cache", "valid")
     assert cache.queries() and all(len(cache.get(q)) == 2 for q in cache.queries())
 

@@ -124,8 +124,9 @@ class RecordingHook(NoOnline):
         assert not self.calls, "prefetch comes before any validation batch"
         self.prefetched.append((split, list(texts)))
 
-    def before_eval(self, split, texts):
+    def before_eval(self, split, texts, *, epoch=None, train_step=None, batches=None):
         self.before = list(texts)
+        self.position = (epoch, train_step, batches)
 
     def on_eval_batch(self, split, batch_index, batch):
         assert batch.input_ids.shape[0] == len(batch.texts) == batch.attention_mask.shape[0]
@@ -140,6 +141,7 @@ def test_online_hook_sees_each_validation_batch_once(synthetic_data, tmp_path):
     assert [c[1] for c in hook.calls] == list(range(batches))
     assert all(c[0] == "valid" and len(c[2]) == 16 for c in hook.calls)
     assert hook.before == [t for c in hook.calls for t in c[2]]
+    assert hook.position == (1, trainer.step, batches)  # what the online budget is sized by
     valid_texts = {t["text"] for t in synthetic_data.manifest["texts"]["valid"]}
     assert set(hook.before) == valid_texts  # every query, padded by wrapping around
     assert result.texts == len(valid_texts)

@@ -86,6 +86,9 @@
       var why = Object.keys(p.missing_by_reason || {}).map(function (n) { return n + " " + F.num(p.missing_by_reason[n]); });
       return [p.split || "-", F.num(p.epoch), F.num(p.pass_index), {text: F.num(p.queries), cls: "num"},
               {text: F.num(p.pairs), cls: "num"}, {text: F.num(p.missing), cls: "num", title: why.join(", ")},
+              {text: F.num(p.steps), cls: "num"}, {text: F.num(p.dropped_disagreeing), cls: "num",
+               title: "crawled pictures left out as disagreeing with the query's other pictures"},
+              {text: F.num(p.replay_pairs), cls: "num", title: "offline pairs mixed into the online steps"},
               {text: F.duration(p.wall_s), cls: "num"}];
     }));
   }

@@ -1,6 +1,8 @@
 """Test-time online learning: before a checkpoint scores the test gallery, ``online_max_epochs``
-passes of crawl-and-step over the test queries (pass ``e`` learns from each query's crawled
-image number ``e mod K``, as the prototype did), then the adapted model is saved as
+passes of crawl-and-step over the test queries (each use of a query learns from its next
+agreeing crawled picture; with the prototype's options pass ``e`` uses picture ``e mod K``),
+offline pairs replayed when ``online_replay_data`` is given, the change kept at the share
+``online_interpolate`` (WiSE-FT), then the adapted model is saved as
 ``{experiments}/{name}/epoch{E}_online_{N}.pt`` in the Chinese-CLIP format and used to predict."""
 from __future__ import annotations
 
@@ -29,6 +31,17 @@ def adapted_name(config: Any, epoch: int, epochs: int, member: int | None) -> Pa
     return Path(config.experiments) / run / stem
 
 
+@torch.no_grad()
+def interpolate(model: torch.nn.Module, start: Mapping[str, torch.Tensor], share: float) -> None:
+    """Keeps ``share`` of the change adaptation made: w = w0 + share (w - w0) (WiSE-FT's
+    interpolation; floating-point tensors only, counters stay as they are)."""
+    if share >= 1.0:
+        return
+    for name, value in model.state_dict().items():
+        if value.is_floating_point():
+            value.copy_(start[name] + share * (value - start[name]))
+
+
 def adapt(model: torch.nn.Module, checkpoint: Mapping[str, Any], config: Any, device: torch.device,
           emit: Callable[..., None], *, member: int | None = None) -> Path:
     """Adapt ``model`` (on ``device``, loaded from ``checkpoint``: its path, epoch and step as
@@ -44,7 +57,9 @@ def adapt(model: torch.nn.Module, checkpoint: Mapping[str, Any], config: Any, de
     k = config.online_images
     learner = build_learner(config, env, step, image_resolution(config.vision_model), emit,
                             gallery=config.image_data, job_id=config.job_id or config.name or "predict",
-                            image_index=lambda pass_index: pass_index % k)
+                            image_index=lambda pass_index: pass_index % k,
+                            replay_data=config.online_replay_data)
+    initial = {name: value.detach().clone() for name, value in model.state_dict().items()}
     texts = TextsDataset(config.text_data, config.context_length)
     rows = [texts[i] for i in range(len(texts))]
     queries = [r[1] for r in rows]
@@ -53,8 +68,7 @@ def adapt(model: torch.nn.Module, checkpoint: Mapping[str, Any], config: Any, de
     emit("phase", name="predict:online" + (f":member{member}" if member is not None else ""))
     try:
         for epoch in range(config.online_max_epochs):
-            learner.epoch = epoch + 1
-            learner.before_eval("test", queries)
+            learner.before_eval("test", queries, epoch=epoch + 1)
             for index, start in enumerate(range(0, len(rows), size)):
                 chunk = rows[start:start + size]
                 learner.learn("test", index, [r[1] for r in chunk], torch.stack([r[2] for r in chunk]),
@@ -62,6 +76,7 @@ def adapt(model: torch.nn.Module, checkpoint: Mapping[str, Any], config: Any, de
             learner.after_eval("test")
     finally:
         learner.close()
+    interpolate(model, initial, config.online_interpolate)
     model.eval()
     path = adapted_name(config, trained_epoch, config.online_max_epochs, member)
     save_checkpoint(path, model, optimizer, trained_epoch, trained_step,

@@ -8,7 +8,9 @@ from typing import Any, Callable
 
 from services.trainer.data.transforms import image_transform
 from services.trainer.online.leakage import LeakageGuard
-from services.trainer.online.learner import OnlineLearner
+from services.trainer.online.budget import StepBudget
+from services.trainer.online.learner import Levers, OnlineLearner
+from services.trainer.online.replay import ReplayPairs
 from services.trainer.online.sources import make_source
 from services.trainer.train.distributed import DistEnv
 from services.trainer.train.step import TrainStep
@@ -25,8 +27,11 @@ REQUEST_TTL_S = 3 * 3600
 def build_learner(options: Any, env: DistEnv, step: TrainStep, resolution: int, emit: Callable[..., None], *,
                   gallery: str | None, job_id: str, online_steps: int = 0,
                   image_index: Callable[[int], int] = lambda pass_index: 0,
-                  trace: Callable[[dict], None] | None = None) -> OnlineLearner:
-    """``options`` carries the OnlineOptions fields (a TrainConfig or a PredictConfig)."""
+                  trace: Callable[[dict], None] | None = None, replay_data: str | None = None,
+                  start_step: int = 0) -> OnlineLearner:
+    """``options`` carries the OnlineOptions fields (a TrainConfig or a PredictConfig);
+    ``replay_data`` is the LMDB split whose pairs are replayed (training: its training split;
+    test time: online_replay_data), ``start_step`` the training step the run starts at."""
     guard = None
     if options.online_dedupe_gallery and gallery:
         guard = LeakageGuard.from_lmdb(gallery)
@@ -37,7 +42,13 @@ def build_learner(options: Any, env: DistEnv, step: TrainStep, resolution: int, 
                          wait_s=options.online_wait_s,
                          redis_url=common_settings().redis_url if options.online == "live" else None,
                          request_ttl_s=REQUEST_TTL_S, guard=guard)
+    replay = None
+    if replay_data and options.online_replay > 0:
+        replay = ReplayPairs(replay_data, resolution, options.context_length, options.seed, env.rank)
+    levers = Levers(budget=StepBudget(options.online_step_ratio, start_step),
+                    cycle_images=options.online_cycle_images, keep_images=options.online_keep_images,
+                    replay=replay, replay_ratio=options.online_replay)
     return OnlineLearner(source=source, step=step, env=env, transform=image_transform(resolution),
                          emit=emit, seed=options.seed, images_per_query=options.online_images,
                          login_timeout_s=options.online_login_timeout_s, image_index=image_index,
-                         online_steps=online_steps, trace=trace, lr=options.online_lr)
+                         online_steps=online_steps, trace=trace, lr=options.online_lr, levers=levers)

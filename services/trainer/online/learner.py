@@ -28,6 +28,9 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from PIL import Image
 
+from services.trainer.online.agreement import agreeing
+from services.trainer.online.budget import StepBudget
+from services.trainer.online.replay import ReplayPairs
 from services.trainer.online.sources import ImageSource
 from services.trainer.online.types import Fetched
 from services.trainer.train.distributed import DistEnv
@@ -48,8 +51,22 @@ class PassTotals:
     pairs: int = 0
     steps: int = 0
     dropped_leaked: int = 0
+    dropped_disagreeing: int = 0
+    replay_pairs: int = 0
     missing: Counter = field(default_factory=Counter)
     started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class Levers:
+    """What decides how much and from what the learner learns (OnlineOptions' levers, built
+    by the factory): the step budget, picture order and filter, replay."""
+
+    budget: StepBudget = field(default_factory=lambda: StepBudget(None))
+    cycle_images: bool = False  # each use of a query takes its next kept picture
+    keep_images: int | None = None  # the pictures that agree most with the query's others
+    replay: ReplayPairs | None = None
+    replay_ratio: float = 0.0  # offline pairs per crawled pair in a step
 
 
 class OnlineLearner:
@@ -57,7 +74,7 @@ class OnlineLearner:
                  emit: Callable[..., None], seed: int, images_per_query: int,
                  login_timeout_s: float, image_index: Callable[[int], int] = lambda pass_index: 0,
                  online_steps: int = 0, trace: Callable[[dict], None] | None = None,
-                 lr: float | None = None):
+                 lr: float | None = None, levers: Levers | None = None):
         self.source = source
         self.step = step
         self.env = env
@@ -70,18 +87,26 @@ class OnlineLearner:
         self.online_steps = online_steps  # counted over the run, stored in checkpoints
         self.trace = trace  # per-rank audit of every online batch (--trace-batches)
         self.lr = lr  # None: the optimizer's current rate (the training schedule's)
+        self.levers = levers or Levers()
         self.pass_index = 0
         self.epoch: int | None = None
         self._totals: PassTotals | None = None
         self._login_checked = False
+        self._uses: Counter = Counter()  # how often each query has been learnt from (picture cycling)
+        self._kept: dict[str, list[int]] = {}  # this pass's agreeing pictures of each query
 
     # ---- the OnlineHook seam ---------------------------------------------------------------
     def prefetch(self, split: str, texts: Sequence[str]) -> None:
         self.source.prefetch(split, texts)
 
-    def before_eval(self, split: str, texts: Sequence[str]) -> None:
+    def before_eval(self, split: str, texts: Sequence[str], *, epoch: int | None = None,
+                    train_step: int | None = None, batches: int | None = None) -> None:
         self._wait_for_login()
+        if epoch is not None:
+            self.epoch = epoch
         self._totals = PassTotals()
+        self._kept = {}
+        self.levers.budget.start_pass(train_step, batches)
         self.source.start_pass(split, texts, self.pass_index)
 
     def on_eval_batch(self, split: str, batch_index: int, batch: Any) -> None:
@@ -93,79 +118,139 @@ class OnlineLearner:
         self.emit("online_pass", split=split, epoch=self.epoch, pass_index=self.pass_index,
                   queries=totals.queries, pairs=totals.pairs, steps=totals.steps,
                   missing=dict(totals.missing), dropped_leaked=totals.dropped_leaked,
+                  dropped_disagreeing=totals.dropped_disagreeing, replay_pairs=totals.replay_pairs,
                   cache_hits=counters.get("cache_hits", 0), source=counters,
                   wall_s=round(time.perf_counter() - totals.started, 3), online_step=self.online_steps)
-        log.info("online pass %d (%s): %d queries, %d pairs, %d steps, missing %s",
-                 self.pass_index, split, totals.queries, totals.pairs, totals.steps, dict(totals.missing))
+        log.info("online pass %d (%s): %d queries, %d pairs, %d steps, missing %s, %d disagreeing dropped",
+                 self.pass_index, split, totals.queries, totals.pairs, totals.steps, dict(totals.missing),
+                 totals.dropped_disagreeing)
         self.pass_index += 1
         self._totals = None
 
     # ---- one batch --------------------------------------------------------------------------
     def learn(self, split: str, batch_index: int, texts: Sequence[str], input_ids: torch.Tensor,
               attention_mask: torch.Tensor) -> float | None:
-        """One online step for a batch's queries; returns the loss, or None when every rank
-        had nothing and the step was skipped."""
+        """The online steps the budget gives this batch, on its queries' crawled pictures; returns
+        the last step's loss, or None when no step was taken (no budget, or no rank had a pair)."""
         started = time.perf_counter()
         first_row: dict[str, int] = {}
         for row, text in enumerate(texts):
             first_row.setdefault(text, row)  # a query paired with several images counts once
         fetched = self.source.take(list(first_row))
         wait_ms = round((time.perf_counter() - started) * 1000, 1)
-        rows, images, missing, leaked = [], [], Counter(), 0
-        used = hashlib.sha256()  # which (query, picture) pairs this step learnt from, in order
-        index = self.image_index(self.pass_index)
-        for text, row in first_row.items():
+        n_steps = self.levers.budget.steps_for_batch()
+        missing, leaked, disagreeing = Counter(), 0, 0
+        pictures: dict[str, list[tuple[torch.Tensor, bytes]]] = {}
+        for text in first_row:
             got = fetched.get(text) or Fetched(text, reason="failed")
             leaked += got.dropped_leaked
-            picture, data = self._picture(got, index)
-            if picture is None:
+            usable = self._pictures(got) if n_steps else [(None, b"")] * len(got.images)
+            if not usable:
                 missing[got.reason or "failed"] += 1
                 continue
-            rows.append(row)
-            images.append(picture)
-            used.update(text.encode() + b"\0" + hashlib.sha256(data).digest())
-        loss = self._step(images, input_ids[rows] if rows else input_ids[:0],
-                          attention_mask[rows] if rows else attention_mask[:0])
+            pictures[text] = usable
+        if n_steps and self.levers.keep_images is not None:
+            disagreeing = self._keep_agreeing(pictures)
+        used = hashlib.sha256()  # which (query, picture) pairs this batch learnt from, in order
+        loss, stepped, replayed, index = None, 0, 0, None
+        for _ in range(n_steps):
+            rows, images = [], []
+            for text, row in first_row.items():
+                if text not in pictures:
+                    continue
+                index = self._picture_index(text)
+                picture, data = pictures[text][index % len(pictures[text])]
+                self._uses[text] += 1
+                rows.append(row)
+                images.append(picture)
+                used.update(text.encode() + b"\0" + hashlib.sha256(data).digest())
+            replay = self.levers.replay.draw(round(self.levers.replay_ratio * len(rows))) \
+                if self.levers.replay is not None and rows else None
+            step_loss = self._step(images, input_ids[rows] if rows else input_ids[:0],
+                                   attention_mask[rows] if rows else attention_mask[:0], replay)
+            if step_loss is None:
+                break  # no rank had a pair: none will have one in a further step either
+            loss, stepped = step_loss, stepped + 1
+            replayed += 0 if replay is None else replay[0].shape[0]
         totals = self._totals
         if totals is not None:
             totals.queries += len(first_row)
-            totals.pairs += len(rows)
+            totals.pairs += len(pictures)
             totals.dropped_leaked += leaked
+            totals.dropped_disagreeing += disagreeing
+            totals.replay_pairs += replayed
             totals.missing.update(missing)
-            totals.steps += loss is not None
+            totals.steps += stepped
         if self.trace is not None:
             self.trace({"online_split": split, "pass_index": self.pass_index, "batch": batch_index,
-                        "rank": self.env.rank, "pairs": len(rows), "stepped": loss is not None,
-                        "online_step": self.online_steps})
+                        "rank": self.env.rank, "pairs": len(pictures), "stepped": stepped > 0,
+                        "steps": stepped, "online_step": self.online_steps})
         self.emit("online", split=split, batch=batch_index, pass_index=self.pass_index,
-                  queries=len(first_row), pairs=len(rows), missing=dict(missing), dropped_leaked=leaked,
+                  queries=len(first_row), pairs=len(pictures), missing=dict(missing), dropped_leaked=leaked,
+                  dropped_disagreeing=disagreeing, replay_pairs=replayed, steps=stepped,
                   wait_ms=wait_ms, loss=loss, online_step=self.online_steps,
-                  image_index=index, pairs_sha256=used.hexdigest()[:16])
+                  image_index=None if self.levers.cycle_images else self.image_index(self.pass_index),
+                  pairs_sha256=used.hexdigest()[:16])
         return loss
 
-    def _picture(self, fetched: Fetched, index: int) -> tuple[torch.Tensor | None, bytes]:
-        """The crawled image number ``index`` (or, when fewer were crawled, the one that
-        number wraps to) ready for the model, with its bytes; None when there is none usable."""
-        if not fetched.images:
-            return None, b""
-        data = fetched.images[index % len(fetched.images)]
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                return self.transform(image.convert("RGB")), data
-        except (OSError, ValueError) as exc:  # validated already; a decoder may still refuse
-            log.warning("crawled image of %r could not be decoded: %s", fetched.query, exc)
-            fetched.reason = "failed"
-            return None, b""
+    def _picture_index(self, text: str) -> int:
+        if self.levers.cycle_images:
+            return self._uses[text]
+        return self.image_index(self.pass_index)
 
-    def _step(self, images: list[torch.Tensor], input_ids: torch.Tensor,
-              attention_mask: torch.Tensor) -> float | None:
+    def _pictures(self, fetched: Fetched) -> list[tuple[torch.Tensor, bytes]]:
+        """The query's crawled images that decode, ready for the model, with their bytes, in
+        crawl order (this pass's agreeing subset once it is known)."""
+        out = []
+        for data in fetched.images:
+            try:
+                with Image.open(io.BytesIO(data)) as image:
+                    out.append((self.transform(image.convert("RGB")), data))
+            except (OSError, ValueError) as exc:  # validated already; a decoder may still refuse
+                log.warning("crawled image of %r could not be decoded: %s", fetched.query, exc)
+        if not out and fetched.images:
+            fetched.reason = "failed"
+        kept = self._kept.get(fetched.query)
+        if kept is not None:
+            out = [out[i] for i in kept if i < len(out)]
+        return out
+
+    @torch.no_grad()
+    def _keep_agreeing(self, pictures: dict[str, list[tuple[torch.Tensor, bytes]]]) -> int:
+        """Narrows each query's pictures (first seen this pass) to those that agree most with
+        the others; returns how many were dropped."""
+        keep = self.levers.keep_images
+        fresh = [t for t, p in pictures.items() if t not in self._kept and len(p) > keep]
+        for text in pictures:
+            if text not in fresh:
+                self._kept.setdefault(text, list(range(len(pictures[text]))))
+        if not fresh:
+            return 0
+        features = self.step.embed_images(torch.stack([p for t in fresh for p, _ in pictures[t]]))
+        dropped, start = 0, 0
+        for text in fresh:
+            n = len(pictures[text])
+            kept = agreeing(features[start:start + n], keep)
+            start += n
+            self._kept[text] = kept
+            pictures[text] = [pictures[text][i] for i in kept]
+            dropped += n - len(kept)
+        return dropped
+
+    def _step(self, images: list[torch.Tensor], input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              replay: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> float | None:
         env = self.env
-        counts = env.all_gather_objects(len(images))
+        pixels = torch.stack(images) if images else torch.zeros((0, *self._image_shape()))
+        if replay is not None:
+            pixels = torch.cat([pixels, replay[0].to(pixels.dtype)])
+            input_ids = torch.cat([input_ids, replay[1].to(input_ids.dtype)])
+            attention_mask = torch.cat([attention_mask, replay[2].to(attention_mask.dtype)])
+        rows = pixels.shape[0]
+        counts = env.all_gather_objects(rows)
         longest, total = max(counts), sum(counts)
         if total == 0:
             return None  # nobody has a pair: every rank skips together
-        pad = longest - len(images)
-        pixels = torch.stack(images) if images else torch.zeros((0, *self._image_shape()))
+        pad = longest - rows
         if pad:
             pixels = torch.cat([pixels, torch.zeros((pad, *pixels.shape[1:]), dtype=pixels.dtype)])
             filler_ids = torch.zeros((pad, input_ids.shape[1]), dtype=input_ids.dtype)
@@ -179,7 +264,7 @@ class OnlineLearner:
         valid = None
         if len(set(counts)) > 1:
             valid = torch.zeros(longest, dtype=torch.bool)
-            valid[:len(images)] = True
+            valid[:rows] = True
         torch.manual_seed(step_seed(self.seed, ONLINE_SEED_OFFSET + self.online_steps, env.rank))
         chunk = self.step.to_device(pixels, input_ids, attention_mask, valid)
         with _learning_rate(self.step.optimizer, self.lr):

@@ -197,7 +197,8 @@ class Trainer:
             config, self.env, self.step_unit, image_resolution(config.vision_model), self.sink.emit,
             gallery=config.val_data, job_id=config.job_id or config.name,
             online_steps=int((checkpoint or {}).get("online_steps") or 0) if not config.reset_data_offset else 0,
-            trace=self._trace_online)
+            trace=self._trace_online, replay_data=config.train_data,
+            start_step=int((checkpoint or {}).get("step") or 0) if not config.reset_data_offset else 0)
 
     def _seed_everything(self, seed: int) -> None:
         random.seed(seed)
@@ -351,9 +352,8 @@ class Trainer:
         env = self.env
         self.sink.emit("phase", name="validation", step=self.step)
         log.info("validating (epoch %d @ %d steps)", epoch + 1, self.step)
-        if hasattr(self.online, "epoch"):
-            self.online.epoch = epoch + 1
-        self.online.before_eval("valid", self.valid_data.rank_texts())
+        self.online.before_eval("valid", self.valid_data.rank_texts(), epoch=epoch + 1, train_step=self.step,
+                                batches=self.valid_data.num_batches)
         sums = torch.zeros(4, dtype=torch.float64)  # loss * n, img2txt hits, txt2img hits, n
         image_features, text_features, image_ids, text_ids = [], [], [], []
         for index, batch in enumerate(self.valid_data.batches()):

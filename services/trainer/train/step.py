@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from services.trainer.model.features import encode_image
 from services.trainer.precision import autocast, grad_scaler, half_weights
 from services.trainer.train.distributed import DistEnv
 from services.trainer.train.loss import LossOutput, contrastive_loss
@@ -103,6 +104,22 @@ class TrainStep:
         return Chunk(images, input_ids.to(self.device, non_blocking=True),
                      attention_mask.to(self.device, non_blocking=True),
                      None if valid is None else valid.to(self.device))
+
+    @torch.no_grad()
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised image features (no gradient, eval mode, this step's precision): how the
+        online learner compares crawled pictures with each other."""
+        images = images.to(self.device)
+        if half_weights(self.precision):
+            images = images.half()
+        training = self.model.training
+        self.model.eval()
+        try:
+            with self.autocast():
+                features = encode_image(self.model, images)
+        finally:
+            self.model.train(training)
+        return nn.functional.normalize(features.float(), dim=-1)
 
     def _loss(self, image_features, text_features, logit_scale, valid) -> LossOutput:
         return contrastive_loss(image_features, text_features, logit_scale, kind=self.loss_kind,

@@ -17,6 +17,11 @@ from tests.fixtures_online import fill_cache
 from tests.trainer.test_train_loop import make_config
 
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend=None)
+# The prototype's online learning (one step per batch on picture 0 / pass mod K, nothing else):
+# still reachable with options, and what the tests of the mechanics below check.
+PROTOTYPE = dict(online_step_ratio=None, online_cycle_images=False, online_keep_images=None, online_replay=0.0)
+PROTOTYPE_CLI = ["--online-step-ratio", "none", "--online-cycle-images", "off", "--online-keep-images", "none",
+                 "--online-replay", "0", "--online-interpolate", "1"]
 
 
 def _events(path):
@@ -29,7 +34,7 @@ def test_a_validation_pass_steps_once_per_batch_on_cached_pictures(synthetic_dat
     fill_cache(tmp_path / "cache", "valid", texts, skip=left_out)
     events = tmp_path / "events.jsonl"
     config = make_config(synthetic_data, tmp_path, online="cache", online_cache_dir=str(tmp_path / "cache"),
-                         online_dedupe_gallery=False)
+                         online_dedupe_gallery=False, **PROTOTYPE)
     sink = JsonLinesSink(events)
     trainer = Trainer(config, CPU, sink)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
@@ -57,7 +62,7 @@ def test_online_lr_steps_at_its_own_rate_and_gives_the_schedule_its_rate_back(sy
     for online_lr in (None, 1e-3):
         config = make_config(synthetic_data, tmp_path / str(online_lr), online="cache",
                              online_cache_dir=str(tmp_path / "cache"), online_dedupe_gallery=False,
-                             online_lr=online_lr)
+                             online_lr=online_lr, **PROTOTYPE)
         trainer = Trainer(config, CPU)
         for group in trainer.optimizer.param_groups:
             group["lr"] = 0.0  # where the cosine schedule ends: the last validation's rate
@@ -102,7 +107,7 @@ def test_test_time_adaptation_uses_image_e_mod_k_and_saves_a_chinese_clip_checkp
                  "--precision", "fp32", "--online", "cache", "--online-cache-dir", str(tmp_path / "cache"),
                  "--online-max-epochs", "3", "--online-images", "2", "--online-dedupe-gallery", "off",
                  "--output", str(tmp_path / "experiments/results/p.jsonl"), "--experiments",
-                 str(tmp_path / "experiments"), "--name", "tta", "--events", str(events)])
+                 str(tmp_path / "experiments"), "--name", "tta", "--events", str(events), *PROTOTYPE_CLI])
     out = capsys.readouterr()
     assert code == 0, out.err
     result = json.loads(out.out.strip().splitlines()[-1])
@@ -124,7 +129,7 @@ def test_a_resumed_run_continues_the_online_step_count_without_repeating_passes(
     texts = [t["text"] for t in synthetic_data.manifest["texts"]["valid"]]
     fill_cache(tmp_path / "cache", "valid", texts)
     common = dict(online="cache", online_cache_dir=str(tmp_path / "cache"), online_dedupe_gallery=False,
-                  valid_step_interval=2, valid_epoch_interval=-1, name="resumed")
+                  valid_step_interval=2, valid_epoch_interval=-1, name="resumed", **PROTOTYPE)
     first = Trainer(make_config(synthetic_data, tmp_path, max_steps=2, **common), CPU)
     first.fit()
     per_pass = first.valid_data.num_batches

@@ -8,6 +8,7 @@ import json
 from services.trainer.data.lmdb_read import PairsDataset
 from services.trainer.data.sampler import ResumableDistributedSampler
 from tests.fixtures_online import fill_cache
+from tests.trainer.online.test_learner import PROTOTYPE_CLI
 from tests.trainer.test_train_distributed import read_events, tiny_args, torchrun_train
 
 BATCH = 8
@@ -34,7 +35,7 @@ def test_ranks_stay_in_step_when_one_has_no_pictures(synthetic_data, tmp_path):
     done = torchrun_train([*tiny_args(synthetic_data, tmp_path, "ddp"), "--val-data", str(synthetic_data.lmdb("valid")),
                            "--batch-size", "8", "--valid-batch-size", str(BATCH), "--max-steps", "2",
                            "--seed", str(SEED), "--online", "cache", "--online-cache-dir", str(tmp_path / "cache"),
-                           "--online-dedupe-gallery", "off", "--events", str(events),
+                           "--online-dedupe-gallery", "off", "--events", str(events), *PROTOTYPE_CLI,
                            "--trace-batches", str(tmp_path / "trace")], timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     traces = {}

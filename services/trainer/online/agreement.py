@@ -1,0 +1,24 @@
+"""Which crawled pictures of a query to learn from: those that agree with each other.
+
+A real search puts wrong items among a query's results (another colour, another product). The
+right ones show the same thing and so lie close together in the image tower's embedding space,
+while each wrong one is an outlier. Ranking a query's pictures by their mean cosine similarity
+to its other pictures and keeping the ``keep`` best drops the outliers; it needs no knowledge of
+the query's words, which is what matters for concepts the model has never seen named.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def agreeing(features: torch.Tensor, keep: int) -> list[int]:
+    """Indices (in crawl order) of the ``keep`` rows of L2-normalised ``features`` with the
+    highest mean similarity to the other rows; all of them when there are at most ``keep``."""
+    n = features.shape[0]
+    if n <= keep:
+        return list(range(n))
+    similarity = features.float() @ features.float().T
+    score = (similarity.sum(dim=1) - similarity.diagonal()) / (n - 1)
+    # Ties go to the earlier picture (a search ranks its best results first).
+    order = sorted(range(n), key=lambda i: (-round(score[i].item(), 6), i))
+    return sorted(order[:keep])
