@@ -85,7 +85,8 @@ def _fail(exc: ClientError) -> int:
 
 
 def _print_json(value: Any) -> None:
-    print(json.dumps(value, ensure_ascii=False, indent=None if isinstance(value, dict) and "type" in value else 2))
+    # One line per document: a followed job prints its events and then itself as JSON lines.
+    print(json.dumps(value, ensure_ascii=False), flush=True)
 
 
 # ---- actions --------------------------------------------------------------------------------
@@ -264,8 +265,10 @@ def _follow(api: Api, job_id: str, args: argparse.Namespace) -> int:
     screen = None if args.json else _Screen(sys.stdout)
 
     def retrying(reason: str) -> None:
+        # On stderr: the --json output stays the events and nothing else.
         if screen is not None:
-            screen.keep(f"  (connection lost: {reason}; reconnecting)")
+            screen.keep("")
+        print(f"cnclip jobs: connection lost ({reason}); reconnecting", file=sys.stderr, flush=True)
 
     for event in events(api, job_id, follow=True, retry_s=args.retry_s, on_retry=retrying):
         _show_event(event, progress, args.json, sys.stdout, screen)
@@ -274,6 +277,6 @@ def _follow(api: Api, job_id: str, args: argparse.Namespace) -> int:
         _print_json(job)
     else:
         screen.keep("")
-        for line in summary(job):
+        for line in summary(job, cause=progress.cause):
             print(line)
     return EXIT_BY_STATE.get(job["state"], OK)

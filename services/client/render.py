@@ -3,6 +3,7 @@ validation and online figures), a line for each event worth keeping on screen, a
 summary when the job ends. Events are read through their typed models (shared.messages)."""
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -54,6 +55,7 @@ class Progress:
         self.online: dict[str, float] = {"pairs": 0, "missing": 0}
         self.online_loss: float | None = None
         self.phase = ""
+        self.cause: str | None = None  # the last error the run printed: why it failed
 
     def add(self, event: JobEvent) -> str | None:
         """Updates the figures; returns a line to keep on screen, if the event deserves one."""
@@ -85,6 +87,8 @@ class Progress:
             return None
         if isinstance(payload, State) and event.type == "state":
             return f"{payload.state}" + (f" ({payload.reason})" if payload.reason else "")
+        if isinstance(payload, Log) and payload.message and (payload.level == "error" or is_cause(payload.message)):
+            self.cause = payload.message.strip()
         if isinstance(payload, Log) and payload.level in ("error", "warning"):
             return f"{payload.level}: {payload.message}"
         return None
@@ -143,7 +147,24 @@ def outputs(job: dict[str, Any]) -> str:
     return ""
 
 
-def summary(job: dict[str, Any]) -> list[str]:
+# torchrun's report of a failed child says that it failed, not why: never taken as the cause.
+LAUNCHER_NOISE = ("torch.distributed", "ChildFailedError", "elastic", "Root Cause", "traceback :")
+
+
+def is_cause(line: str) -> bool:
+    """A line of the run's output that says why it failed (``cnclip train: error: ...``, an
+    exception's last line)."""
+    if any(noise in line for noise in LAUNCHER_NOISE):
+        return False
+    return ": error:" in line or re.search(r"\b[A-Z]\w*(Error|Exception): ", line) is not None
+
+
+def failure_cause(job: dict[str, Any]) -> str | None:
+    causes = [line.strip() for line in (job.get("error") or "").splitlines() if is_cause(line)]
+    return causes[-1] if causes else None
+
+
+def summary(job: dict[str, Any], cause: str | None = None) -> list[str]:
     """A few lines on how a job ended: state and duration, headline metrics, where the outputs are."""
     start = job.get("started_at") or job.get("created_at")
     end = job.get("finished_at") or time.time()
@@ -166,6 +187,10 @@ def summary(job: dict[str, Any]) -> list[str]:
     where = outputs(job)
     if where:
         lines.append(f"  outputs: {where}")
-    if job["state"] == "failed" and job.get("error"):
-        lines.extend("  | " + line for line in job["error"].splitlines()[-5:])
+    if job["state"] == "failed":
+        cause = cause or failure_cause(job)
+        if cause:
+            lines.append(f"  cause: {cause}")
+        elif job.get("error"):
+            lines.extend("  | " + line for line in job["error"].splitlines()[-5:])
     return lines
