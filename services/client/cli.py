@@ -149,9 +149,9 @@ def show(api: Api, args: argparse.Namespace) -> int:
 
 
 def logs(api: Api, args: argparse.Namespace) -> int:
+    api.json("GET", f"/jobs/{args.id}")  # a clear 404 (or 4: no service) before any stream
     if args.follow:
         return _follow(api, args.id, args)
-    api.json("GET", f"/jobs/{args.id}")  # a clear 404 before any stream
     progress = Progress()
     for event in events(api, args.id, follow=False):
         _show_event(event, progress, args.json, sys.stdout)
