@@ -56,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("id")
     p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (exit 4)")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between checks")
+    _retry(p)
 
 
 def _retry(p: argparse.ArgumentParser) -> None:
@@ -178,8 +179,19 @@ def delete(api: Api, args: argparse.Namespace) -> int:
 
 def wait(api: Api, args: argparse.Namespace) -> int:
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    down_since: float | None = None
+    job = api.json("GET", f"/jobs/{args.id}")  # no service at all, or no such job: said at once
     while True:
-        job = api.json("GET", f"/jobs/{args.id}")
+        try:
+            job = api.json("GET", f"/jobs/{args.id}")
+            down_since = None
+        except ClientError as exc:
+            # A service that restarts meanwhile is waited for, as following does.
+            down_since = down_since if down_since is not None else time.monotonic()
+            if exc.code != UNREACHABLE or time.monotonic() - down_since > args.retry_s:
+                raise
+            time.sleep(max(0.1, args.interval))
+            continue
         if job["state"] in TERMINAL:
             break
         if deadline is not None and time.monotonic() >= deadline:
