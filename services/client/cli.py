@@ -217,6 +217,7 @@ class _Screen:
         self.stream = stream
         self.tty = bool(getattr(stream, "isatty", lambda: False)())
         self.drawn = False
+        self.shown = ""
         self.tenth = -1
 
     def keep(self, line: str) -> None:
@@ -228,7 +229,10 @@ class _Screen:
         if not line:
             return
         if self.tty:
+            if self.drawn and line == self.shown:
+                return  # an event that changed nothing on the line
             self._clear()
+            self.shown = line
             self.stream.write(line[:200])
             self.stream.flush()
             self.drawn = True
