@@ -1,6 +1,7 @@
 """`cnclip`: one entry point with a subcommand per job (build-lmdb, train, predict, evaluate,
 ensemble, convert, make-synthetic, import-cache). Each subcommand lives in services/trainer/commands/ and
-is imported only when chosen, so `cnclip make-synthetic` works without torch."""
+is imported only when chosen, so `cnclip make-synthetic` works without torch; `jobs` (the control
+service's client) and `secrets` live in services/client and never import torch."""
 from __future__ import annotations
 
 import argparse
