@@ -30,7 +30,7 @@ if [ ! -f "$stamp" ]; then
   # Torch first (constraints.txt names the build this machine carries); the extras then
   # accept it as is.
   pip_install torch torchvision
-  pip_install -e ".[trainer,crawler,shop,control,test]"
+  pip_install -e ".[trainer,crawler,shop,control,test,client]"
   # The original implementation, for the fidelity tests only. --no-deps: it pins an old lmdb.
   pip_install --no-deps cn-clip
   rm -f .venv/.installed-*

@@ -69,20 +69,23 @@ start_stack() {
   . "$ENV_FILE"
   set +a
   BASE_URL=http://127.0.0.1:$CNCLIP_CONTROL_PORT
+  export CNCLIP_CONTROL_URL=$BASE_URL  # for cnclip jobs (the token is in the environment too)
 }
 
 MODEL='"vision_model": "tiny", "text_model": "tiny", "precision": "fp32", "device": "cpu"'
 JOBS=()  # "label job-id" of every job run, for the closing summary
 
-# Each run: submit a job through the API, follow its events, remember it for the summary.
+# Each run: submit a job with the command-line client, follow it to its end (progress, then a
+# short summary), remember it for the closing words.
+CNCLIP=.venv/bin/cnclip
 run_job() {
   local label=$1 kind=$2 spec=$3 job
   echo
   echo "== $label"
-  job=$($PY scripts/demo_client.py "$kind" "$spec")
+  job=$($CNCLIP jobs submit "$kind" - --json <<< "$spec" | $PY -c 'import json, sys; print(json.load(sys.stdin)["id"])')
   echo "   job $job: $BASE_URL/status?job=$job"
   JOBS+=("$label|$job")
-  $PY scripts/demo_client.py follow "$job"
+  $CNCLIP jobs logs "$job" --follow
   LAST_JOB=$job
 }
 
@@ -92,7 +95,7 @@ train_spec() {
 {"name": "$1", "train_data": "$DATASET/lmdb/train", "val_data": "$DATASET/lmdb/valid",
  "max_steps": ${DEMO_STEPS:-200}, "batch_size": 32, "valid_batch_size": 32, "lr": 0.003, "wd": 0.01, "warmup": 10,
  "valid_step_interval": 50, "log_interval": 10, "num_workers": 0, "valid_num_workers": 0,
- "online": "$2", "online_images": 5, $MODEL}
+ "online": "$2", "online_images": 5, "report_to": "tensorboard", $MODEL}
 JSON
 }
 predict_spec() {  # CHECKPOINT ONLINE
@@ -140,7 +143,9 @@ closing_words() {
   if [ "${DEMO_KEEP:-0}" = "1" ]; then
     echo "   status:        $BASE_URL/status"
     for entry in "${JOBS[@]}"; do echo "   ${entry%%|*}: $BASE_URL/status?job=${entry#*|}"; done
+    echo "   compare runs:  $BASE_URL/status?compare=$(for e in "${JOBS[@]}"; do case $e in training*) printf '%s,' "${e#*|}";; esac; done)"
     echo "   crawler login: $BASE_URL/login"
+    echo "   from a shell:  .venv/bin/cnclip jobs list   (also: show, logs --follow, submit, cancel)"
     echo "   API docs:      $BASE_URL/docs"
     echo "   sign in with the token: CNCLIP_CONTROL_TOKEN in $ENV_FILE"
     echo "   stop it all:   bash scripts/stack.sh down"
@@ -149,6 +154,7 @@ closing_words() {
     echo "   ($BASE_URL/status and /login, token in $ENV_FILE)."
   fi
   echo "   Results: $CNCLIP_DATA_ROOT/experiments (checkpoints, predictions); install and stack log: $LOG"
+  echo "   Both training runs in TensorBoard: .venv/bin/tensorboard --logdir $CNCLIP_DATA_ROOT/experiments"
 }
 
 echo "Online-CNCLIP demo: a tiny model trained and used on this machine's CPU (log: $LOG)"

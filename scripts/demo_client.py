@@ -1,8 +1,7 @@
-"""Talks to the control service the way a user's script would: submits a job, follows its
-events until it ends, prints the outcome. Used by scripts/demo.sh.
+"""What only the demo needs beside the command-line client (`cnclip jobs`, which submits and
+follows its jobs): the stand-in for the phone that scans the crawler's QR code, and recall on
+seen and unseen concepts of the synthetic data set. Used by scripts/demo.sh.
 
-    python scripts/demo_client.py train|predict SPEC_JSON    prints the job id
-    python scripts/demo_client.py follow JOB_ID              progress lines, then the result
     python scripts/demo_client.py concepts DATASET PREDICTIONS recall on seen and unseen concepts
     python scripts/demo_client.py compare DATASET LABEL=PREDICTIONS...  the same, side by side
     python scripts/demo_client.py scan                       plays the phone: scans each waiting
@@ -21,73 +20,6 @@ def _client() -> httpx.Client:
     port = os.environ.get("CNCLIP_CONTROL_PORT", "8000")
     return httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30,
                         headers={"Authorization": f"Bearer {os.environ['CNCLIP_CONTROL_TOKEN']}"})
-
-
-def submit(kind: str, spec: str) -> int:
-    with _client() as client:
-        response = client.post(f"/jobs/{kind}", json=json.loads(spec))
-    if response.status_code >= 400:
-        print(f"refused ({response.status_code}): {response.text}", file=sys.stderr)
-        return 1
-    print(response.json()["id"])
-    return 0
-
-
-def _line(event: dict) -> str | None:
-    data, kind = event["data"], event["type"]
-    if kind == "train_step":
-        return (f"  step {data.get('step')}/{data.get('total_steps')}  loss {data.get('loss', 0):.4f}  "
-                f"lr {data.get('lr', 0):.2e}  {data.get('samples_per_s', 0):.0f} samples/s")
-    if kind == "validation":
-        return (f"  validation @ step {data.get('step')}: R@1 {data.get('r1')}  R@5 {data.get('r5')}  "
-                f"R@10 {data.get('r10')}  MR {data.get('mr')}")
-    if kind == "online_pass":
-        missing = ", ".join(f"{n} {r}" for r, n in (data.get("missing") or {}).items()) or "none"
-        return (f"  online pass {data.get('pass_index')} ({data.get('split')}): {data.get('pairs')} crawled pairs "
-                f"for {data.get('queries')} queries, {data.get('steps')} steps, missing: {missing}, "
-                f"{data.get('wall_s')} s")
-    if kind == "online_state" and data.get("state") == "waiting_for_login":
-        return "  waiting for a crawler rank to log in (scan its QR code at /login)"
-    if kind == "phase":
-        return f"  phase: {data.get('name')}"
-    if kind == "state":
-        return f"  state: {data.get('state')}" + (f" ({data['reason']})" if data.get("reason") else "")
-    if kind == "log" and data.get("level") in ("error", "warning"):
-        return f"  {data.get('level')}: {data.get('message')}"
-    return None
-
-
-def follow(job_id: str) -> int:
-    port = os.environ.get("CNCLIP_CONTROL_PORT", "8000")
-    headers = {"Authorization": f"Bearer {os.environ['CNCLIP_CONTROL_TOKEN']}"}
-    last_id = None
-    with _client() as client:
-        while True:
-            # The stream ends with the job; if it breaks off earlier, resume after the last event.
-            if last_id:
-                headers["Last-Event-ID"] = last_id
-            try:
-                with httpx.stream("GET", f"http://127.0.0.1:{port}/jobs/{job_id}/events",
-                                  headers=headers, timeout=None) as response:
-                    for raw in response.iter_lines():
-                        if raw.startswith("id:"):
-                            last_id = raw[3:].strip()
-                        elif raw.startswith("data:"):
-                            event = json.loads(raw[5:].strip())
-                            line = _line(event) if "type" in event else None
-                            if line:
-                                print(line, flush=True)
-            except httpx.TransportError:
-                pass
-            job = client.get(f"/jobs/{job_id}").json()
-            if job["state"] in ("succeeded", "failed", "cancelled"):
-                break
-    print(f"job {job_id}: {job['state']}" + (f" - {job['reason']}" if job["reason"] else ""))
-    if job["result"]:
-        print(json.dumps(job["result"], indent=2, ensure_ascii=False))
-    if job["state"] != "succeeded" and job["error"]:
-        print(job["error"])
-    return 0 if job["state"] == "succeeded" else 1
 
 
 def scan(timeout: float = 120.0) -> int:
@@ -170,10 +102,6 @@ def concepts(dataset: str, predictions: str) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) == 3 and argv[1] in ("train", "predict"):
-        return submit(argv[1], argv[2])
-    if len(argv) == 3 and argv[1] == "follow":
-        return follow(argv[2])
     if len(argv) == 4 and argv[1] == "concepts":
         return concepts(argv[2], argv[3])
     if len(argv) >= 4 and argv[1] == "compare":

@@ -30,6 +30,7 @@ AttnImplementation = Literal["sdpa", "eager", "flash_attention_2"]
 PredictMode = Literal["single", "ensemble", "ensemble-last"]
 LossKind = Literal["clip", "dsl"]
 ScoresDtype = Literal["float16", "float32"]
+ReportTo = Literal["none", "tensorboard"]  # experiment loggers a training run also writes to
 
 DEFAULT_MAX_EPOCHS = 32  # Chinese-CLIP's default when neither length is given
 # Online steps per training step (online_step_ratio's default; docs/architecture.md says why).
@@ -232,6 +233,9 @@ class TrainOptions(ModelOptions, OptimOptions, OnlineOptions):
     reset_data_offset: bool = Field(
         False, description="start at the first batch of epoch 0 instead of where the checkpoint stopped")
     reset_optimizer: bool = Field(False, description="do not restore the optimizer state")
+    report_to: ReportTo = Field(
+        "none", description="also write the run's figures and options for TensorBoard under "
+                            "experiments/<name>/tensorboard/ (rank 0), as open_clip's --report-to")
 
     @model_validator(mode="after")
     def _rules(self) -> "TrainOptions":

@@ -1,6 +1,7 @@
 """`cnclip`: one entry point with a subcommand per job (build-lmdb, train, predict, evaluate,
 ensemble, convert, make-synthetic, import-cache). Each subcommand lives in services/trainer/commands/ and
-is imported only when chosen, so `cnclip make-synthetic` works without torch."""
+is imported only when chosen, so `cnclip make-synthetic` works without torch; `jobs` (the control
+service's client) and `secrets` live in services/client and never import torch."""
 from __future__ import annotations
 
 import argparse
@@ -16,11 +17,14 @@ SUBCOMMANDS = {
     "convert": ("convert", "Convert checkpoints between Chinese-CLIP .pt and transformers dirs"),
     "make-synthetic": ("make_synthetic", "Render a synthetic MUGE-format data set"),
     "import-cache": ("import_cache", "Import the prototype's crawled-image folders into the online cache"),
+    # Not trainer commands: the job service's client and the compose secrets, both torch-free.
+    "jobs": ("services.client.cli", "Submit, follow and manage jobs of the control service"),
+    "secrets": ("services.client.compose_env", "Write .env beside docker-compose.yml with generated secrets"),
 }
 
 
 def _load(module: str):
-    return importlib.import_module(f"services.trainer.commands.{module}")
+    return importlib.import_module(module if "." in module else f"services.trainer.commands.{module}")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

@@ -67,12 +67,25 @@
       td(tr, F.clock(job.started_at || job.created_at), "num");
       td(tr, F.duration(elapsed(job, data.now)), "num");
       badge(tr.appendChild(document.createElement("td")), job.state);
+      comparePick(tr, job);
       tr.addEventListener("click", function (ev) {
         ev.preventDefault();  // the link is there for a new tab; a plain click stays on the page
         select(job.id, true);
       });
     });
     return data.jobs.find(function (j) { return j.id === selected; });
+  }
+
+  /* The last cell: a box to tick a training run for the comparison (compare.js). */
+  function comparePick(tr, job) {
+    var cell = tr.appendChild(document.createElement("td"));
+    if (job.kind !== "train") { return; }
+    var box = cell.appendChild(document.createElement("input"));
+    box.type = "checkbox";
+    box.className = "compare-pick";
+    box.title = "Compare this run";
+    box.checked = window.Compare.isChosen(job.id);
+    box.addEventListener("click", function (ev) { ev.stopPropagation(); window.Compare.toggle(job.id, box.checked); });
   }
 
   function renderFacts(job, now, waiting) {
@@ -147,6 +160,7 @@
   function refresh() {
     return fetchJson("/api/status").then(function (data) {
       var job = renderJobs(data);
+      window.Compare.update(data.jobs);
       renderCrawler(data.crawler, data.now);
       $("job-detail").hidden = !job;
       if (!job) { return data; }

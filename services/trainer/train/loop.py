@@ -45,6 +45,7 @@ from services.trainer.train.step import StepResult, TrainStep, build_optimizer, 
 from services.trainer.online.learner import OnlineLoginTimeout
 from services.trainer.precision import half_weights
 from shared.muge import write_predictions
+from shared.options import TrainOptions
 
 log = logging.getLogger("cnclip.train")
 
@@ -467,6 +468,11 @@ def _make_sink(config: TrainConfig, env: DistEnv) -> EventSink:
         sinks.append(JsonLinesSink(config.events, job_id=config.job_id))
     if config.progress:
         sinks.append(TqdmSink())
+    if config.report_to == "tensorboard":
+        from services.trainer.train.tensorboard import TensorBoardSink  # only runs that ask load it
+
+        sinks.append(TensorBoardSink(config.run_dir / "tensorboard",
+                                     hparams={name: getattr(config, name) for name in TrainOptions.model_fields}))
     return MultiSink(*sinks)
 
 
