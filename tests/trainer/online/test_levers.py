@@ -14,7 +14,7 @@ from services.trainer.online.budget import StepBudget
 from services.trainer.train.distributed import DistEnv
 from services.trainer.train.events import JsonLinesSink
 from services.trainer.train.loop import Trainer
-from tests.fixtures_online import fill_cache, shop_pictures
+from tests.fixtures_online import fill_cache
 from tests.trainer.test_train_loop import make_config
 
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend=None)
@@ -59,31 +59,6 @@ def test_the_picture_that_disagrees_with_the_others_is_dropped():
     features = torch.stack(alike[:2] + [outlier] + alike[2:])
     assert agreeing(features, 4) == [0, 1, 3, 4]
     assert agreeing(features, 5) == [0, 1, 2, 3, 4]  # nothing to drop when all are kept
-
-
-def test_wrong_items_among_a_querys_pictures_are_dropped_by_a_trained_model(synthetic_data, tmp_path):
-    """Three of the shop's pictures of one query and two wrong items (other products, as a
-    real search shows them): after a little training the filter keeps the three."""
-    config = make_config(synthetic_data, tmp_path, max_steps=40, lr=3e-3, batch_size=16)
-    trainer = Trainer(config, CPU)
-    trainer.fit()
-    trainer.close()
-    store = shop_pictures()
-    query = "红色纯色杯子"
-    right = [store.jpeg(query, i) for i in range(20) if not store.catalog.is_wrong(query, i)][:3]
-    wrong = [next(store.jpeg(other, i) for i in range(20) if not store.catalog.is_wrong(other, i))
-             for other in ("白色格子裤子", "蓝色条纹帽子")]
-    from io import BytesIO
-
-    from PIL import Image
-
-    from services.trainer.data.transforms import image_transform
-
-    transform = image_transform(64)
-    pixels = torch.stack([transform(Image.open(BytesIO(b)).convert("RGB")) for b in [right[0], wrong[0], right[1],
-                                                                                      wrong[1], right[2]]])
-    features = trainer.step_unit.embed_images(pixels)
-    assert agreeing(features, 3) == [0, 2, 4]
 
 
 # ---- through the training loop ------------------------------------------------------------
