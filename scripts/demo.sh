@@ -101,7 +101,8 @@ JSON
 predict_spec() {  # CHECKPOINT ONLINE
   cat <<JSON
 {"mode": "single", "image_data": "$DATASET/lmdb/test", "text_data": "$DATASET/test_texts.jsonl",
- "resume": "$1", "online": "$2", "online_max_epochs": 5, "lr": 0.001, $MODEL}
+ "resume": "$1", "online": "$2", "online_max_epochs": 5, "lr": 0.001,
+ "online_replay_data": "$DATASET/lmdb/train", $MODEL}
 JSON
 }
 STAMP=$(date +%Y%m%d-%H%M%S)

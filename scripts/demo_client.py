@@ -72,13 +72,24 @@ def _by_concept(dataset: str, predictions: str) -> dict[str, dict]:
 
 
 def compare(dataset: str, labelled: list[str]) -> int:
-    """One row per run: R@1 and mean recall on seen and on unseen concepts."""
-    print(f"  {'':40} {'seen R@1':>9} {'seen MR':>8} {'unseen R@1':>11} {'unseen MR':>10}")
+    """One row per run: R@1 and mean recall on seen and on unseen concepts; for every run after
+    the first (the offline model), the share of the first run's seen/unseen gap it closes and
+    the mean recall it gains or loses on seen concepts (what the efficacy benchmark reports)."""
+    print(f"  {'':40} {'seen R@1':>9} {'seen MR':>8} {'unseen R@1':>11} {'unseen MR':>10} {'gap closed':>11}"
+          f" {'seen MR +/-':>12}")
+    base = None
     for item in labelled:
         label, _, path = item.partition("=")
         m = _by_concept(dataset, path)
-        print(f"  {label:40} {m['seen']['r1']:9.1f} {m['seen']['mr']:8.1f} "
-              f"{m['unseen']['r1']:11.1f} {m['unseen']['mr']:10.1f}")
+        row = (f"  {label:40} {m['seen']['r1']:9.1f} {m['seen']['mr']:8.1f} "
+               f"{m['unseen']['r1']:11.1f} {m['unseen']['mr']:10.1f}")
+        if base is None:
+            base = m
+        else:
+            gap = base["seen"]["mr"] - base["unseen"]["mr"]
+            closed = (m["unseen"]["mr"] - base["unseen"]["mr"]) / gap if gap > 0 else float("nan")
+            row += f" {closed:11.0%} {m['seen']['mr'] - base['seen']['mr']:+12.1f}"
+        print(row)
     return 0
 
 
