@@ -80,6 +80,13 @@ def _interval(value: Any) -> Any:
 
 Interval = Annotated[Annotated[int, Field(ge=1)] | None, BeforeValidator(_interval)]
 
+
+def _none_word(value: Any) -> Any:
+    """'none' or 'null' (how a command line says "unset") is None."""
+    if isinstance(value, str) and value.strip().lower() in ("none", "null"):
+        return None
+    return value
+
 # Paths are plain strings here: on the command line they are taken as given, in a job spec they
 # are relative to the data root (shared/jobspec.py checks and resolves every field marked so).
 INPUT = {"path": "input"}  # must exist before the run starts
@@ -149,24 +156,29 @@ class OnlineOptions(_Options):
         True, description="drop crawled images that are near-duplicates of the gallery being scored")
     online_lr: float | None = Field(
         None, gt=0, le=10,
-        description="learning rate of the online steps (default: training: the schedule's current rate, which "
-                    "decays to zero by the last validation; test time: --lr)")
+        description="learning rate of the online steps (default: training: the mean of the schedule's rates over "
+                    "the training steps that earned them (with online_step_ratio none: the schedule's current rate, "
+                    "which decays to zero by the last validation); test time: --lr)")
     online_cache_dir: PathText | None = Field(
         None, json_schema_extra=OUTPUT,
         description="crawled-image cache (default: the data root's online_cache/)")
     # The levers that make online learning pay on every data set (docs/architecture.md, "Online
     # learning: what pays", holds the benchmark rows behind each default). The prototype's
-    # behaviour: online_step_ratio none, online_cycle_images off, online_keep_images none,
-    # online_replay 0, online_interpolate 1.
-    online_step_ratio: float | None = Field(
+    # behaviour: online_step_ratio none, online_batch_steps 1, online_cycle_images off,
+    # online_keep_images none, online_replay 0, online_interpolate 1.
+    online_step_ratio: Annotated[float | None, BeforeValidator(_none_word)] = Field(
         ONLINE_STEP_RATIO, ge=0, le=100,
         description="training: online steps per training step since the last validation pass, spread over "
                     "the pass's batches, so how much is learnt online does not depend on how often validation "
                     "runs; none: one step per validation batch (the prototype)")
+    online_batch_steps: int = Field(
+        5, ge=1, le=100,
+        description="test time: online steps per test batch in each pass (each on the next kept picture of every "
+                    "query); 1: the prototype")
     online_cycle_images: bool = Field(
         True, description="each use of a query learns from its next kept crawled image; off: the first image "
                           "in training, image pass mod K at test time (the prototype)")
-    online_keep_images: int | None = Field(
+    online_keep_images: Annotated[int | None, BeforeValidator(_none_word)] = Field(
         3, ge=1, le=20,
         description="keep the N crawled images of a query that agree most with its other images (image "
                     "embeddings), dropping outliers such as wrong items; none: keep every image")
@@ -178,7 +190,7 @@ class OnlineOptions(_Options):
         None, json_schema_extra=INPUT,
         description="test time: LMDB split of offline pairs to replay (e.g. the training split); none: no replay")
     online_interpolate: float = Field(
-        0.5, gt=0, le=1,
+        1.0, gt=0, le=1,
         description="test time: keep this share of the change adaptation made to the weights (w0 + a (w - w0), "
                     "as WiSE-FT); 1: the adapted weights as they are")
 

@@ -64,7 +64,7 @@ CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), ba
 TINY = dict(vision_model="tiny", text_model="tiny", precision="fp32", device="cpu")
 # The prototype's online learning: one step per validation batch on each query's first picture
 # (test time: picture pass mod K), no filter, no replay, the adapted weights as they are.
-PROTOTYPE = dict(online_step_ratio=None, online_cycle_images=False, online_keep_images=None, online_replay=0.0,
+PROTOTYPE = dict(online_step_ratio=None, online_batch_steps=1, online_cycle_images=False, online_keep_images=None, online_replay=0.0,
                  online_interpolate=1.0)
 PRESETS: dict[str, dict[str, Any]] = {"default": {}, "prototype": PROTOTYPE}
 # Targets over the grid (shares of the offline gap closed; MR points lost on seen concepts).

@@ -28,10 +28,11 @@ def build_learner(options: Any, env: DistEnv, step: TrainStep, resolution: int, 
                   gallery: str | None, job_id: str, online_steps: int = 0,
                   image_index: Callable[[int], int] = lambda pass_index: 0,
                   trace: Callable[[dict], None] | None = None, replay_data: str | None = None,
-                  start_step: int = 0) -> OnlineLearner:
+                  start_step: int = 0, schedule: Callable[[int], float] | None = None) -> OnlineLearner:
     """``options`` carries the OnlineOptions fields (a TrainConfig or a PredictConfig);
     ``replay_data`` is the LMDB split whose pairs are replayed (training: its training split;
-    test time: online_replay_data), ``start_step`` the training step the run starts at."""
+    test time: online_replay_data), ``start_step`` the training step the run starts at and
+    ``schedule`` the training schedule's rate at a step (None at test time)."""
     guard = None
     if options.online_dedupe_gallery and gallery:
         guard = LeakageGuard.from_lmdb(gallery)
@@ -45,7 +46,8 @@ def build_learner(options: Any, env: DistEnv, step: TrainStep, resolution: int, 
     replay = None
     if replay_data and options.online_replay > 0:
         replay = ReplayPairs(replay_data, resolution, options.context_length, options.seed, env.rank)
-    levers = Levers(budget=StepBudget(options.online_step_ratio, start_step),
+    levers = Levers(budget=StepBudget(options.online_step_ratio, start_step, schedule=schedule,
+                                      test_steps=options.online_batch_steps),
                     cycle_images=options.online_cycle_images, keep_images=options.online_keep_images,
                     replay=replay, replay_ratio=options.online_replay)
     return OnlineLearner(source=source, step=step, env=env, transform=image_transform(resolution),

@@ -267,7 +267,9 @@ class OnlineLearner:
             valid[:rows] = True
         torch.manual_seed(step_seed(self.seed, ONLINE_SEED_OFFSET + self.online_steps, env.rank))
         chunk = self.step.to_device(pixels, input_ids, attention_mask, valid)
-        with _learning_rate(self.step.optimizer, self.lr):
+        # online_lr when given; else, in training, the rate the budget's steps were earned at.
+        rate = self.lr if self.lr is not None else self.levers.budget.rate
+        with _learning_rate(self.step.optimizer, rate):
             result = self.step([chunk])
         self.online_steps += 1
         return result.loss

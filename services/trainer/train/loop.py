@@ -40,7 +40,7 @@ from services.trainer.train.events import EventSink, JsonLinesSink, MultiSink, N
 from services.trainer.train.loss import contrastive_loss
 from services.trainer.train.online import NoOnline, OnlineHook
 from services.trainer.train.retrieval import recall_at_k
-from services.trainer.train.schedule import warmup_cosine
+from services.trainer.train.schedule import warmup_cosine, warmup_cosine_lr
 from services.trainer.train.step import StepResult, TrainStep, build_optimizer, step_seed
 from services.trainer.online.learner import OnlineLoginTimeout
 from services.trainer.precision import half_weights
@@ -199,7 +199,9 @@ class Trainer:
             gallery=config.val_data, job_id=config.job_id or config.name,
             online_steps=int((checkpoint or {}).get("online_steps") or 0) if not config.reset_data_offset else 0,
             trace=self._trace_online, replay_data=config.train_data,
-            start_step=int((checkpoint or {}).get("step") or 0) if not config.reset_data_offset else 0)
+            start_step=int((checkpoint or {}).get("step") or 0) if not config.reset_data_offset else 0,
+            # Read when a pass starts, once the run's length is known.
+            schedule=lambda step: warmup_cosine_lr(step, config.lr, config.warmup, self.max_steps))
 
     def _seed_everything(self, seed: int) -> None:
         random.seed(seed)

@@ -50,6 +50,25 @@ def test_fractions_carry_over_and_the_prototype_steps_once_per_batch():
     assert [test_time.steps_for_batch() for _ in range(4)] == [1, 1, 1, 1]
 
 
+def test_training_passes_step_at_the_rate_their_steps_were_earned_at():
+    schedule = {step: 0.001 * (100 - step) for step in range(100)}.__getitem__  # a decaying rate
+    budget = StepBudget(0.5, schedule=schedule)
+    budget.start_pass(40, 2)
+    assert budget.rate == pytest.approx(sum(schedule(s) for s in range(40)) / 40)
+    budget.start_pass(100, 2)
+    assert budget.rate == pytest.approx(sum(schedule(s) for s in range(40, 100)) / 60)
+    # So the learning done online (steps x rate) does not depend on where the passes fall.
+    for every in (10, 20, 50):
+        mass, budget = 0.0, StepBudget(0.5, schedule=schedule)
+        for step in range(every, 101, every):
+            budget.start_pass(step, 1)
+            mass += budget.steps_for_batch() * budget.rate
+        assert mass == pytest.approx(0.5 * sum(schedule(s) for s in range(100)))
+    test_time = StepBudget(0.5, schedule=schedule, test_steps=4)
+    test_time.start_pass(None, 3)
+    assert test_time.rate is None and [test_time.steps_for_batch() for _ in range(3)] == [4, 4, 4]
+
+
 # ---- the agreement filter -----------------------------------------------------------------
 def test_the_picture_that_disagrees_with_the_others_is_dropped():
     torch.manual_seed(0)
@@ -163,5 +182,6 @@ def test_test_time_replay_mixes_offline_pairs_only_when_given_data(synthetic_dat
     plain = _events(without, "online_pass")
     replayed = _events(with_data, "online_pass")
     assert all(p["replay_pairs"] == 0 for p in plain)
-    assert [p["replay_pairs"] for p in replayed] == [p["pairs"] for p in replayed]  # one per crawled pair
+    # One offline pair per crawled pair in each of the pass's steps (the split is one batch).
+    assert [p["replay_pairs"] for p in replayed] == [p["pairs"] * p["steps"] for p in replayed]
     assert all(p["steps"] > 0 for p in replayed)
