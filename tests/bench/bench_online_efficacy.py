@@ -210,7 +210,7 @@ class Grid:
         output = data.root / "predictions" / f"{name}.jsonl"
         config = PredictConfig(
             mode="single", resume=str(checkpoint), image_data=str(data.lmdb / "test"), text_data=str(data.texts),
-            output=str(output), experiments=str(data.root / "adapted"), name=name, **TINY,
+            output=str(output), experiments=str(data.root / "adapted"), name=name, job_id=f"{name}-{time.time_ns()}", **TINY,
             context_length=self.args.context_length, no_progress=True, **online)
         sink = Recorder()
         started = time.monotonic()
@@ -361,10 +361,10 @@ def main() -> int:
                         help="held-out sets, ';'-separated (attribute=value,...)")
     parser.add_argument("--wrong-item-rate", default="0.2",
                         help="the shop's share of wrong items, comma-separated (the first is the main grid)")
-    parser.add_argument("--configs", default="default,prototype",
+    parser.add_argument("--configs", default="default;prototype",
                         help="online option sets: presets (default, prototype) or NAME:option=value,...; "
                              "separate with ';'")
-    parser.add_argument("--tta-configs", default="default,prototype", help="test-time option sets, as --configs")
+    parser.add_argument("--tta-configs", default="default;prototype", help="test-time option sets, as --configs")
     parser.add_argument("--schedules", default="epoch,100",
                         help="validation schedules: 'epoch' (every epoch) or N (every N steps), comma-separated")
     parser.add_argument("--valid-step-interval", type=int, default=None,

@@ -15,7 +15,7 @@ import torch
 from services.trainer.data.texts import TextsDataset
 from services.trainer.model import ContrastiveModel, image_resolution
 from services.trainer.model.checkpoint import save_checkpoint
-from services.trainer.online.factory import build_learner
+from services.trainer.online.factory import build_learner, crawl_identity
 from services.trainer.precision import half_weights
 from services.trainer.train.distributed import DistEnv
 from services.trainer.train.step import TrainStep, build_optimizer
@@ -55,8 +55,10 @@ def adapt(model: torch.nn.Module, checkpoint: Mapping[str, Any], config: Any, de
     step = TrainStep(forward=ContrastiveModel(model), model=model, optimizer=optimizer, env=env,
                      precision=config.precision, loss=config.loss, dsl_temperature=config.dsl_temperature)
     k = config.online_images
+    # Each ensemble member asks for the same queries: its requests must not be taken for another's.
+    identity = crawl_identity(config.job_id, config.name) + (f"-member{member}" if member is not None else "")
     learner = build_learner(config, env, step, image_resolution(config.vision_model), emit,
-                            gallery=config.image_data, job_id=config.job_id or config.name or "predict",
+                            gallery=config.image_data, job_id=identity,
                             image_index=lambda pass_index: pass_index % k,
                             replay_data=config.online_replay_data)
     initial = {name: value.detach().clone() for name, value in model.state_dict().items()}

@@ -3,6 +3,8 @@ guard over the gallery being scored, the image transform of its model, where to 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,6 +24,13 @@ log = logging.getLogger("cnclip.online")
 # A crawl request is worth answering for this long: a pass that waits on login or on a slow
 # site still collects what was asked for early (the result also goes to the cache).
 REQUEST_TTL_S = 3 * 3600
+
+
+def crawl_identity(job_id: str | None, name: str | None) -> str:
+    """Who the crawl requests come from: the job's id, or for a run started by hand one of its
+    own. Request ids derive from it (with the split, query and pass), and the crawler answers a
+    request id once, so two hand-started runs of one name must not share it."""
+    return job_id or f"{name or 'run'}-{os.getpid()}-{time.time_ns()}"
 
 
 def build_learner(options: Any, env: DistEnv, step: TrainStep, resolution: int, emit: Callable[..., None], *,

@@ -192,11 +192,11 @@ class Trainer:
         config = self.config
         if config.online == "off" or self.valid_data is None:
             return NoOnline()
-        from services.trainer.online.factory import build_learner
+        from services.trainer.online.factory import build_learner, crawl_identity
 
         return build_learner(
             config, self.env, self.step_unit, image_resolution(config.vision_model), self.sink.emit,
-            gallery=config.val_data, job_id=config.job_id or config.name,
+            gallery=config.val_data, job_id=crawl_identity(config.job_id, config.name),
             online_steps=int((checkpoint or {}).get("online_steps") or 0) if not config.reset_data_offset else 0,
             trace=self._trace_online, replay_data=config.train_data,
             start_step=int((checkpoint or {}).get("step") or 0) if not config.reset_data_offset else 0,
