@@ -185,3 +185,14 @@ def test_test_time_replay_mixes_offline_pairs_only_when_given_data(synthetic_dat
     # One offline pair per crawled pair in each of the pass's steps (the split is one batch).
     assert [p["replay_pairs"] for p in replayed] == [p["pairs"] * p["steps"] for p in replayed]
     assert all(p["steps"] > 0 for p in replayed)
+
+
+def test_hand_started_runs_crawl_under_identities_of_their_own():
+    from services.trainer.online.client import request_id_for
+    from services.trainer.online.factory import crawl_identity
+
+    assert crawl_identity("job-7", "run") == "job-7"  # a job's requests are the job's
+    first, second = crawl_identity(None, "run"), crawl_identity(None, "run")
+    assert first != second and first.startswith("run-")
+    # The crawler answers a request id once: a second run must not ask under the first's ids.
+    assert request_id_for(first, "test", "红色杯子", 0) != request_id_for(second, "test", "红色杯子", 0)
