@@ -1,5 +1,5 @@
 """`cnclip`: one entry point with a subcommand per job (build-lmdb, train, predict, evaluate,
-ensemble, convert, make-synthetic, import-cache). Each subcommand lives in services/trainer/commands/ and
+ensemble, convert, make-synthetic, import-cache, index). Each subcommand lives in services/trainer/commands/ and
 is imported only when chosen, so `cnclip make-synthetic` works without torch."""
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "convert": ("convert", "Convert checkpoints between Chinese-CLIP .pt and transformers dirs"),
     "make-synthetic": ("make_synthetic", "Render a synthetic MUGE-format data set"),
     "import-cache": ("import_cache", "Import the prototype's crawled-image folders into the online cache"),
+    "index": ("index", "Embed a gallery with a checkpoint into a searchable index (FAISS)"),
 }
 
 

@@ -8,7 +8,8 @@
   var selected = root.dataset.selected || "";
   var lastSeries = {job: null, state: null};
   var TERMINAL = {succeeded: 1, failed: 1, cancelled: 1};
-  var KIND_LABELS = {train: "training", single: "prediction", ensemble: "ensemble", online: "test-time online"};
+  var KIND_LABELS = {train: "training", single: "prediction", ensemble: "ensemble", online: "test-time online",
+                     index: "gallery index"};
   var LOGIN_LABELS = {starting: "starting", waiting_for_scan: "waiting for scan", logged_in: "logged in",
                       expired: "code expired", error: "error"};
 
