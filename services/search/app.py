@@ -173,21 +173,33 @@ def create_app(settings: SearchSettings | None = None) -> FastAPI:
     return app
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
     import logging
     import sys
 
     import uvicorn
+    from pydantic import ValidationError
 
-    settings = SearchSettings()
+    parser = argparse.ArgumentParser(prog="cnclip-search", description="Run the search service.")
+    parser.add_argument("--host", default=None, help="default: CNCLIP_SEARCH_HOST or 127.0.0.1")
+    parser.add_argument("--port", type=int, default=None, help="default: CNCLIP_SEARCH_PORT or 8700")
+    args = parser.parse_args(argv)
+    try:
+        settings = SearchSettings()
+    except ValidationError as exc:
+        print(f"cnclip-search: invalid setting in the environment (CNCLIP_SEARCH_*):\n{exc}", file=sys.stderr)
+        return 2
+    settings = settings.model_copy(update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None})
     try:
         app = create_app(settings)
     except MissingToken as exc:
         print(f"cnclip-search: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        return 2
     logging.basicConfig(level=settings.log_level.upper())
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                server_header=False)
+                server_header=False, access_log=False)
+    return 0
 
 
 __all__ = ["create_app", "main"]
