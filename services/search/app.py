@@ -4,6 +4,7 @@
     POST /api/search/image?index=NAME&k=K      picture (the request body) -> top k images
     GET  /api/search/indexes                   the indexes under the data root
     GET  /api/search/thumbs/{index}/{image_id} a gallery image, small
+    GET  /api/search/gallery-thumb?gallery=REL&id=ID  an image of any gallery under the data root
     GET  /healthz                              open: alive, and which indexes are loaded
 
 Every other route needs the control service's token (``Authorization: Bearer``): the browser
@@ -156,6 +157,26 @@ def create_app(settings: SearchSettings | None = None) -> FastAPI:
             target = loaded(index)
             try:
                 return thumbs.get(target.manifest.gallery, image_id)
+            except NoSuchImage as exc:
+                raise HTTPException(404, str(exc)) from None
+
+        data = await run_in_threadpool(run)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": THUMB_CACHE_CONTROL})
+
+    @app.get("/api/search/gallery-thumb")
+    async def gallery_thumbnail(gallery: Annotated[str, Query(min_length=1, max_length=1024)],
+                                id: Annotated[str, Query(min_length=1, max_length=256)]) -> Response:
+        """A picture of any gallery LMDB under the data root (a prediction job's results)."""
+        from shared.jobspec import PathOutsideDataRoot, resolve_under
+
+        try:
+            split = resolve_under(settings.data_root, gallery)
+        except (PathOutsideDataRoot, ValueError) as exc:
+            raise HTTPException(422, f"gallery: {exc}") from None
+
+        def run() -> bytes:
+            try:
+                return thumbs.get(split, id)
             except NoSuchImage as exc:
                 raise HTTPException(404, str(exc)) from None
 

@@ -64,6 +64,11 @@ async def search_thumb(index: str, image_id: str, request: Request,
     return await _forward(request, state, f"/api/search/thumbs/{quote(index, safe='')}/{quote(image_id, safe='')}")
 
 
+@router.get("/api/search/gallery-thumb")
+async def search_gallery_thumb(request: Request, state: ControlState = Depends(get_state)) -> Response:
+    return await _forward(request, state, "/api/search/gallery-thumb")
+
+
 @router.get("/search", response_class=HTMLResponse)
 async def search_page(request: Request):
     return request.app.state.templates.TemplateResponse(request, "search.html", {"title": "Search"})

@@ -85,6 +85,9 @@
     var link = $("job-link");
     link.href = "/status?job=" + encodeURIComponent(job.id);
     link.textContent = job.id;
+    var results = $("job-results");
+    results.hidden = !(job.kind === "predict" && job.state === "succeeded");
+    results.href = "/jobs/" + encodeURIComponent(job.id) + "/results";
     var facts = [["Started", F.clock(job.started_at)], ["Duration", F.duration(elapsed(job, now))]];
     if (job.view.kind === "train") {
       facts.push(["Step", F.isNum(p.step) ? p.step + (p.total_steps ? " / " + p.total_steps : "") : "-"],
