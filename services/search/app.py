@@ -12,6 +12,7 @@ never talks to this service, the control service does, for a signed-in user.
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from typing import Annotated, Any
@@ -22,6 +23,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
+from services.search.batching import TextBatcher
 from services.search.indexes import IndexRegistry, IndexUnavailable, UnknownIndex, available
 from services.search.queries import MAX_K, BadQuery, clean_query
 from services.search.settings import SearchSettings
@@ -87,6 +89,7 @@ def create_app(settings: SearchSettings | None = None) -> FastAPI:
     registry = IndexRegistry(settings.experiments, resolve_device(settings.device),
                              settings.memory_budget_mb * 1024 * 1024)
     thumbs = Thumbnails(settings.thumb_size, settings.thumb_cache)
+    batcher = TextBatcher(settings.max_batch)
     upload_rules = ImageRules(max_bytes=settings.max_upload_bytes, target_short_side=0)
 
     app = FastAPI(title="Online-CNCLIP search", version="0.1.0", docs_url=None, redoc_url=None)
@@ -117,11 +120,9 @@ def create_app(settings: SearchSettings | None = None) -> FastAPI:
         except BadQuery as exc:
             raise HTTPException(422, str(exc)) from None
 
-        def run() -> list[tuple[Any, float]]:
-            target = loaded(index)
-            return target.search(target.encode_texts([text]), k)[0]
-
-        return _answer(index, await run_in_threadpool(run), k, started, query=text)
+        target = await run_in_threadpool(loaded, index)
+        hits = await asyncio.wrap_future(batcher.submit(target, text, k))
+        return _answer(index, hits, k, started, query=text)
 
     @app.post("/api/search/image")
     async def search_image(request: Request, index: IndexName, k: TopK = 10) -> dict[str, Any]:

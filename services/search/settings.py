@@ -30,6 +30,7 @@ class SearchSettings(CommonSettings):
     thumb_cache: int = Field(4096, ge=0, description="thumbnails kept in memory")
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     threads: int = Field(0, ge=0, le=256, description="torch threads (0: torch's default)")
+    max_batch: int = Field(32, ge=1, le=1024, description="text queries encoded together at most")
     log_level: str = "info"
 
     @property

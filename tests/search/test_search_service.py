@@ -208,3 +208,22 @@ def test_a_rebuilt_index_is_served_fresh(root, search_server_factory):
         second = client.get("/api/search", params={"index": "fresh", "q": "白色", "k": 10}).json()
     assert [r["id"] for r in second["results"]] == reference_top(data_root, "fresh", "白色", 10)
     assert [r["id"] for r in first["results"]] != [r["id"] for r in second["results"]]
+
+
+def test_concurrent_queries_get_the_answers_they_get_alone(server):
+    """Queries that arrive together are encoded together; each still gets its own answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    asks = [({"index": ("alpha", "beta")[i % 2], "q": f"{'红蓝黑白紫'[i % 5]}色 {'裙裤鞋包帽'[i % 4]}", "k": 3 + i % 7})
+            for i in range(24)]
+    with server.client() as client:
+        alone = [client.get("/api/search", params=p).json()["results"] for p in asks]
+    with ThreadPoolExecutor(12) as pool:
+        def ask(params):
+            with server.client() as c:
+                return c.get("/api/search", params=params).json()["results"]
+        together = list(pool.map(ask, asks))
+    assert [[r["id"] for r in rows] for rows in together] == [[r["id"] for r in rows] for rows in alone]
+    assert [len(rows) for rows in together] == [p["k"] for p in asks]
+    for mine, ref in zip(together, alone):
+        assert [r["score"] for r in mine] == pytest.approx([r["score"] for r in ref], abs=1e-4)
