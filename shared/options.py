@@ -252,6 +252,10 @@ class PredictOptions(ModelOptions, OptimOptions, OnlineOptions):
     gallery_chunk: int = Field(8192, ge=1, le=1 << 24, description="images per scoring block")
     online_max_epochs: int = Field(1, ge=1, le=1000,
                                    description="test-time online passes over the test queries (online live|cache)")
+    save_index: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="mode single: also keep the gallery embeddings as the exact index experiments/<name>/index "
+                    "(searchable by that name; with online learning, of the adapted model)")
 
     @model_validator(mode="after")
     def _rules(self) -> "PredictOptions":
@@ -269,6 +273,8 @@ class PredictOptions(ModelOptions, OptimOptions, OnlineOptions):
         else:
             if self.resume is not None:
                 raise refuse(self, "resume", f"mode {mode!r} takes its checkpoints from members, not resume")
+        if self.save_index is not None and mode != "single":
+            raise refuse(self, "save_index", "save_index keeps a single model's gallery embeddings (mode 'single')")
         if mode == "ensemble" and len(self.members) < 2:
             raise refuse(self, "members", "mode 'ensemble' needs at least two member checkpoints")
         if self.weights is not None:

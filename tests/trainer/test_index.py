@@ -172,3 +172,26 @@ def test_manifest_is_the_documented_model(exact_build):
     _, folder = exact_build
     raw = json.loads((folder / MANIFEST_FILE).read_text())
     assert set(Manifest.model_fields) <= set(raw)
+
+
+def test_a_prediction_keeps_its_gallery_embeddings_as_an_index(capsys, tmp_path, exact_build, tiny_checkpoint):
+    """--save-index: the embeddings the prediction ranked with, not a second embedding pass."""
+    data, exact = exact_build
+    code = cli_main(["predict", "--resume", str(tiny_checkpoint), "--image-data", str(data.lmdb("test")),
+                     "--text-data", str(data.texts("test")), "--output", str(tmp_path / "p.jsonl"),
+                     "--experiments", str(tmp_path), "--save-index", "kept", *TINY])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["index"] == str(tmp_path / "kept" / "index")
+    kept, built = load_index(tmp_path / "kept" / "index"), load_index(exact)
+    assert kept.ids == built.ids
+    np.testing.assert_array_equal(kept.embeddings, built.embeddings)
+    assert kept.manifest.checkpoint_sha256 == built.manifest.checkpoint_sha256
+    assert kept.manifest.gallery == built.manifest.gallery and kept.manifest.index_kind == "flat"
+
+
+def test_save_index_belongs_to_mode_single(capsys, tmp_path, synthetic_data, tiny_checkpoint):
+    code = cli_main(["predict", "--mode", "ensemble", "--members", str(tiny_checkpoint), str(tiny_checkpoint),
+                     "--image-data", str(synthetic_data.lmdb("test")), "--text-data",
+                     str(synthetic_data.texts("test")), "--save-index", "x", *TINY])
+    assert code == 2 and "--save-index: save_index keeps a single model's gallery embeddings" in capsys.readouterr().err

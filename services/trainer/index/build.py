@@ -64,22 +64,11 @@ def build_index(config: IndexConfig, emit: Emit) -> dict[str, Any]:
     except (FileNotFoundError, KeyError, ValueError, FloatingPointError) as exc:
         raise IndexBuildError(f"{type(exc).__name__}: {exc}") from exc
     del model
-    # FAISS indexes the stored float16 values (widened): the index and the embeddings file
-    # then agree exactly, whichever of them a reader searches or scores with.
-    vectors = features.features.numpy().astype(np.float16).astype(np.float32)
     emit("phase", name=f"index:{config.index_kind}")
-    build_started = time.perf_counter()
-    index, params = build_faiss(vectors, config.index_kind, config.model_dump())
-    build_s = time.perf_counter() - build_started
-    recall = 1.0 if config.index_kind == "flat" else recall_at_10(index, vectors)
-    manifest = Manifest(
-        checkpoint=str(Path(read["path"]).resolve()), checkpoint_sha256=checkpoint_sha256(config.resume),
-        vision_model=config.vision_model, text_model=config.text_model,
-        context_length=config.context_length, gallery=str(Path(config.image_data).resolve()),
-        count=len(features.ids), dim=int(vectors.shape[1]), created=now(), index_kind=config.index_kind,
-        params=params, recall_at_10=recall, precision=config.precision,
-        epoch=read.get("epoch"), step=read.get("step"))
-    write_index(target, features.ids, vectors, manifest, index)
+    written = write_features_index(
+        target, features.ids, features.features, checkpoint=config.resume, read=read, options=config,
+        gallery=config.image_data, kind=config.index_kind, params=config.model_dump())
+    manifest, params, recall, build_s = written
     result = {
         "index": str(target), "name": config.name, "count": manifest.count, "dim": manifest.dim,
         "index_kind": config.index_kind, "params": params, "recall_at_10": recall,
@@ -89,3 +78,28 @@ def build_index(config: IndexConfig, emit: Emit) -> dict[str, Any]:
     emit("result", paths={"index": str(target)}, metrics={
         k: result[k] for k in ("count", "recall_at_10", "images_per_s", "embed_s", "faiss_build_s")})
     return result
+
+
+def write_features_index(target: Path, ids: list[Any], features, *, checkpoint: str | Path, read: dict[str, Any],
+                         options, gallery: str | Path, kind: str = "flat",
+                         params: dict[str, Any] | None = None) -> tuple[Manifest, dict[str, Any], float, float]:
+    """Writes gallery ``features`` (a float32 tensor, L2-normalised rows) as the index at
+    ``target``. Returns (manifest, the FAISS parameters used, recall@10 against exact, FAISS
+    build seconds). ``options`` carries the model options (towers, context length, precision)."""
+    # FAISS indexes the stored float16 values (widened): the index and the embeddings file
+    # then agree exactly, whichever of them a reader searches or scores with.
+    vectors = features.numpy().astype(np.float16).astype(np.float32)
+    remove_leftovers(Path(target))
+    started = time.perf_counter()
+    index, used = build_faiss(vectors, kind, params or {})
+    build_s = time.perf_counter() - started
+    recall = 1.0 if kind == "flat" else recall_at_10(index, vectors)
+    manifest = Manifest(
+        checkpoint=str(Path(read["path"]).resolve()), checkpoint_sha256=checkpoint_sha256(checkpoint),
+        vision_model=options.vision_model, text_model=options.text_model,
+        context_length=options.context_length, gallery=str(Path(gallery).resolve()),
+        count=len(ids), dim=int(vectors.shape[1]), created=now(), index_kind=kind,
+        params=used, recall_at_10=recall, precision=options.precision,
+        epoch=read.get("epoch"), step=read.get("step"))
+    write_index(target, ids, vectors, manifest, index)
+    return manifest, used, recall, build_s
