@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from shared import layout
-from shared.gallery_index import GalleryIndex, IndexFormatError, checkpoint_sha256, load_index, read_manifest
+from shared.gallery_index import (MANIFEST_FILE, GalleryIndex, IndexFormatError, checkpoint_sha256, load_index,
+                                  read_manifest)
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -32,6 +33,11 @@ class IndexUnavailable(RuntimeError):
     """The index exists but cannot serve (a 409): its files or its checkpoint are wrong."""
 
 
+def _identity(path: Path) -> tuple[int, int]:
+    stat = (path / MANIFEST_FILE).stat()
+    return stat.st_ino, stat.st_mtime_ns
+
+
 @dataclass
 class LoadedIndex:
     name: str
@@ -39,6 +45,7 @@ class LoadedIndex:
     model: torch.nn.Module
     device: torch.device
     nbytes: int
+    identity: tuple[int, int] = (0, 0)
 
     @property
     def manifest(self):
@@ -134,10 +141,11 @@ class IndexRegistry:
 
     @staticmethod
     def _fresh(loaded: LoadedIndex, path: Path) -> bool:
-        """A rebuilt index (a new manifest) is loaded again."""
+        """A rebuilt index (a new folder renamed into place, so a new manifest file) is loaded
+        again; one stat per query, not a read."""
         try:
-            return read_manifest(path).created == loaded.manifest.created
-        except IndexFormatError:
+            return _identity(path) == loaded.identity
+        except OSError:
             return False
 
     def _evict(self, keep: str) -> None:
@@ -153,6 +161,10 @@ class IndexRegistry:
 
         if not path.exists():
             raise UnknownIndex(f"no index named {name!r} (build one with cnclip index --name {name})")
+        try:
+            identity = _identity(path)
+        except OSError:
+            identity = (0, 0)
         try:
             index = load_index(path)
         except IndexFormatError as exc:
@@ -175,4 +187,4 @@ class IndexRegistry:
             raise IndexUnavailable(f"index {name!r}: its model embeds in {dim} dimensions, its embeddings have "
                                    f"{manifest.dim}")
         model = model.to(self.device).eval()
-        return LoadedIndex(name, index, model, self.device, index.nbytes + model_bytes(model))
+        return LoadedIndex(name, index, model, self.device, index.nbytes + model_bytes(model), identity)
