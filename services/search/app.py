@@ -120,7 +120,8 @@ def create_app(settings: SearchSettings | None = None) -> FastAPI:
         except BadQuery as exc:
             raise HTTPException(422, str(exc)) from None
 
-        target = await run_in_threadpool(loaded, index)
+        # Loaded indexes are answered without a thread hop; loading one runs beside the event loop.
+        target = registry.cached(index) or await run_in_threadpool(loaded, index)
         hits = await asyncio.wrap_future(batcher.submit(target, text, k))
         return _answer(index, hits, k, started, query=text)
 

@@ -119,6 +119,22 @@ class IndexRegistry:
     def loaded(self) -> list[str]:
         return list(self._loaded)
 
+    def cached(self, name: str) -> LoadedIndex | None:
+        """The index if it is loaded and current (cheap: no loading, safe on the event loop)."""
+        with self._lock:
+            hit = self._loaded.get(name)
+        if hit is None:
+            return None
+        try:
+            if not self._fresh(hit, index_path(self.experiments, name)):
+                return None
+        except UnknownIndex:
+            return None
+        with self._lock:
+            if name in self._loaded:
+                self._loaded.move_to_end(name)
+        return hit
+
     def get(self, name: str) -> LoadedIndex:
         path = index_path(self.experiments, name)
         with self._lock:

@@ -33,7 +33,7 @@ def clustered(n: int, dim: int, clusters: int, seed: int, intrinsic: int, spread
 
     space = np.random.default_rng(12345)  # the same centres and projection for gallery and queries
     centres = space.standard_normal((clusters, intrinsic)).astype(np.float32)
-    projection = space.standard_normal((intrinsic, dim)).astype(np.float32) / np.sqrt(intrinsic)
+    projection = (space.standard_normal((intrinsic, dim)) / np.sqrt(intrinsic)).astype(np.float32)
     rng = np.random.default_rng(seed)
     latent = centres[rng.integers(0, clusters, size=n)] + spread * rng.standard_normal((n, intrinsic)).astype(np.float32)
     rows = latent @ projection + 0.05 * rng.standard_normal((n, dim)).astype(np.float32)
