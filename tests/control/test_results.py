@@ -57,16 +57,22 @@ def record(store: JobStore, output, text_data: str = TEXTS) -> str:
     return job.id
 
 
-@pytest.fixture()
-def servers(predicted, redis_url, redis_client):
+@pytest.fixture(scope="module")
+def servers(predicted, redis_server):
+    """One search service and one control service for the module (starting them is the slow part)."""
+    import redis as redis_lib
+
     root, outputs = predicted
+    client = redis_lib.Redis.from_url(redis_server.url)
+    client.flushall()
     search = SearchServer(root).start()
-    control = ControlServer(redis_url, root, env={"CNCLIP_CONTROL_SEARCH_URL": search.base_url}).start()
-    store = JobStore(redis_client)
+    control = ControlServer(redis_server.url, root, env={"CNCLIP_CONTROL_SEARCH_URL": search.base_url}).start()
+    store = JobStore(client)
     jobs = {seed: record(store, out) for seed, out in outputs.items()}
     yield control, store, jobs, root
     control.stop()
     search.stop()
+    client.close()
 
 
 def test_rows_and_summary_agree_with_the_evaluator(servers, predicted):
@@ -114,7 +120,7 @@ def test_comparison_sorts_by_the_change_of_the_first_hit(servers):
     assert misses["total"] == round(everything["total"] * (1 - s["base"]["r10"] / 100))
 
 
-def test_what_has_no_results_is_refused_with_the_reason(servers, redis_client, tmp_path):
+def test_what_has_no_results_is_refused_with_the_reason(servers):
     control, store, jobs, root = servers
     train, _ = store.create(TrainSpec(train_data="d"))
     other_texts = root / "datasets/syn/other_texts.jsonl"
