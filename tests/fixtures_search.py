@@ -48,7 +48,7 @@ class SearchServer:
         return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {self.token}"},
                             timeout=60.0, **kwargs)
 
-    def start(self, timeout: float = 60.0) -> "SearchServer":
+    def start(self, timeout: float = 120.0) -> "SearchServer":
         env = {**os.environ, "CNCLIP_DATA_ROOT": str(self.data_root), "CNCLIP_CONTROL_TOKEN": self.token,
                "CNCLIP_SEARCH_PORT": str(self.port), "CNCLIP_SEARCH_DEVICE": "cpu",
                "CNCLIP_SEARCH_LOG_LEVEL": "warning", "OMP_NUM_THREADS": "1", **self.env}

@@ -66,7 +66,11 @@ def servers(predicted, redis_server):
     client = redis_lib.Redis.from_url(redis_server.url)
     client.flushall()
     search = SearchServer(root).start()
-    control = ControlServer(redis_server.url, root, env={"CNCLIP_CONTROL_SEARCH_URL": search.base_url}).start()
+    try:
+        control = ControlServer(redis_server.url, root, env={"CNCLIP_CONTROL_SEARCH_URL": search.base_url}).start(timeout=120)
+    except BaseException:
+        search.stop()
+        raise
     store = JobStore(client)
     jobs = {seed: record(store, out) for seed, out in outputs.items()}
     yield control, store, jobs, root

@@ -58,8 +58,15 @@ def stack(root, redis_server):
 
     redis_lib.Redis.from_url(redis_server.url).flushall()
     search = SearchServer(root).start()
-    control = ControlServer(redis_server.url, root, env={"CNCLIP_CONTROL_SEARCH_URL": search.base_url}).start()
-    runner = RunnerWorker(redis_server.url, root).start()
+    control = runner = None
+    try:
+        control = ControlServer(redis_server.url, root, env={"CNCLIP_CONTROL_SEARCH_URL": search.base_url}).start(timeout=120)
+        runner = RunnerWorker(redis_server.url, root).start()
+    except BaseException:
+        if control is not None:
+            control.stop()
+        search.stop()
+        raise
     try:
         with control.client() as client:
             jobs = {}
