@@ -140,7 +140,7 @@ def test_the_proxy_answers_what_the_search_service_does(stack):
 def test_search_service_down_is_a_clear_503(root, redis_url):
     from tests.helpers import free_port
 
-    control = ControlServer(redis_url, root, env={"CNCLIP_CONTROL_SEARCH_URL": f"http://127.0.0.1:{free_port()}"}).start()
+    control = ControlServer(redis_url, root, env={"CNCLIP_CONTROL_SEARCH_URL": f"http://127.0.0.1:{free_port()}"}).start(timeout=120)
     try:
         with control.client() as client:
             got = client.get("/api/search", params={"index": "offline", "q": "x"})
