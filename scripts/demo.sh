@@ -59,7 +59,7 @@ stop_stack() {
 }
 
 start_stack() {
-  stage "starting the stack (Redis, shop, crawler, job runner, control service)" bash scripts/stack.sh up
+  stage "starting the stack (Redis, shop, crawler, job runner, search, control service)" bash scripts/stack.sh up
   if [ "${DEMO_KEEP:-0}" != "1" ]; then
     trap stop_stack EXIT
   fi
@@ -98,11 +98,13 @@ train_spec() {
  "online": "$2", "online_images": 5, "report_to": "tensorboard", $MODEL}
 JSON
 }
-predict_spec() {  # CHECKPOINT ONLINE
+predict_spec() {  # CHECKPOINT ONLINE [INDEX]: INDEX keeps the gallery embeddings for /search
+  local index=""
+  [ -z "${3:-}" ] || index="\"save_index\": \"$3\","
   cat <<JSON
 {"mode": "single", "image_data": "$DATASET/lmdb/test", "text_data": "$DATASET/test_texts.jsonl",
  "resume": "$1", "online": "$2", "online_max_epochs": 5, "lr": 0.001,
- "online_replay_data": "$DATASET/lmdb/train", $MODEL}
+ "online_replay_data": "$DATASET/lmdb/train", $index $MODEL}
 JSON
 }
 STAMP=$(date +%Y%m%d-%H%M%S)
@@ -110,8 +112,10 @@ PREDICTIONS=()  # "label=predictions file" of every prediction, for the comparis
 run_training() {  # NAME ONLINE
   run_job "training $1 (online $2)" train "$(train_spec "$1" "$2")"
 }
-run_prediction() {  # LABEL RUN ONLINE
-  run_job "prediction: $1" predict "$(predict_spec "experiments/$2/checkpoints/epoch_latest.pt" "$3")"
+PREDICTION_JOBS=()  # job ids of the offline and the online model's predictions, for the compare page
+run_prediction() {  # LABEL RUN ONLINE [INDEX]
+  run_job "prediction: $1" predict "$(predict_spec "experiments/$2/checkpoints/epoch_latest.pt" "$3" "${4:-}")"
+  [ -z "${4:-}" ] || PREDICTION_JOBS+=("$LAST_JOB")
   PREDICTIONS+=("$1=$CNCLIP_DATA_ROOT/experiments/results/${LAST_JOB}_predictions.jsonl")
 }
 log_in_crawler() {
@@ -147,6 +151,10 @@ closing_words() {
     echo "   compare runs:  $BASE_URL/status?compare=$(for e in "${JOBS[@]}"; do case $e in training*) printf '%s,' "${e#*|}";; esac; done)"
     echo "   crawler login: $BASE_URL/login"
     echo "   from a shell:  .venv/bin/cnclip jobs list   (also: show, logs --follow, submit, cancel)"
+    echo "   what online learning changed, query by query (offline above online):"
+    echo "     $BASE_URL/jobs/${PREDICTION_JOBS[0]}/results?compare=${PREDICTION_JOBS[1]}&filter=changed&sort=change"
+    echo "   search both models side by side:"
+    echo "     $BASE_URL/search?a=demo-$STAMP-offline&b=demo-$STAMP-online"
     echo "   API docs:      $BASE_URL/docs"
     echo "   sign in with the token: CNCLIP_CONTROL_TOKEN in $ENV_FILE"
     echo "   stop it all:   bash scripts/stack.sh down"
@@ -166,8 +174,8 @@ start_stack
 run_training "demo-$STAMP-offline" off
 log_in_crawler
 run_training "demo-$STAMP-online" live
-run_prediction "offline" "demo-$STAMP-offline" off
-run_prediction "online" "demo-$STAMP-online" off
+run_prediction "offline" "demo-$STAMP-offline" off "demo-$STAMP-offline"
+run_prediction "online" "demo-$STAMP-online" off "demo-$STAMP-online"
 run_prediction "offline + test-time online (5 passes)" "demo-$STAMP-offline" live
 compare_runs
 show_metrics

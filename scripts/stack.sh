@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole stack on one machine as local processes (no Docker): Redis from PATH (with a
-# password), the demo shop, crawler worker(s) (Chromium under Xvfb), the job runner and the
-# control service, run by honcho from the Procfile.
+# password), the demo shop, crawler worker(s) (Chromium under Xvfb), the job runner, the
+# search service and the control service, run by honcho from the Procfile.
 #
 # The stack's own state (environment file with the token and Redis password, Redis data,
 # crawler cookies, log) lives in a state folder NEXT TO the data root (<data root>.stack), not
@@ -49,7 +49,9 @@ write_env() {
   [ -n "$redis_password" ] || redis_password=$("$PY" -c 'import secrets; print(secrets.token_hex(24))')
   local redis_port="${CNCLIP_STACK_REDIS_PORT:-$(free_port)}"
   local control_port="${CNCLIP_CONTROL_PORT:-8000}" shop_port="${CNCLIP_SHOP_PORT:-8600}"
-  for port in "$redis_port" "$control_port" "$shop_port"; do
+  # Only the control service calls the search service: any free loopback port will do.
+  local search_port="${CNCLIP_SEARCH_PORT:-$(free_port)}"
+  for port in "$redis_port" "$control_port" "$shop_port" "$search_port"; do
     port_free "$port" || { echo "stack: port $port is in use" >&2; exit 1; }
   done
   umask 077
@@ -71,6 +73,9 @@ CNCLIP_CRAWLER_BASE_URL=http://127.0.0.1:$shop_port
 CNCLIP_CRAWLER_BROWSER_MODE=${CNCLIP_CRAWLER_BROWSER_MODE:-xvfb}
 CNCLIP_CRAWLER_DATA_DIR=$STATE_DIR/crawler
 CNCLIP_RUNNER_STOP_GRACE_S=3
+CNCLIP_SEARCH_HOST=127.0.0.1
+CNCLIP_SEARCH_PORT=$search_port
+CNCLIP_CONTROL_SEARCH_URL=http://127.0.0.1:$search_port
 PYTHONUNBUFFERED=1
 ENV
 }

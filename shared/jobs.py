@@ -17,11 +17,11 @@ import redis as redis_lib
 from pydantic import BaseModel, Field, model_validator
 
 from shared import redis_keys
-from shared.jobspec import JobSpec, PredictSpec, TrainSpec
+from shared.jobspec import IndexSpec, JobSpec, PredictSpec, TrainSpec
 from shared.messages import JobEvent
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JobKind = Literal["train", "predict"]
+JobKind = Literal["train", "predict", "index"]
 STATES: tuple[JobState, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -397,5 +397,5 @@ def parse_event_fields(fields: dict[Any, Any]) -> JobEvent:
 
 __all__ = ["JobRecord", "JobStore", "JobState", "STATES", "TERMINAL", "TRANSITIONS",
            "JobNotFound", "InvalidTransition", "IdempotencyConflict", "new_job_id",
-           "TrainSpec", "PredictSpec", "parse_event_fields", "LOG_TAIL_LINES", "EVENT_MAX_BYTES",
+           "TrainSpec", "PredictSpec", "IndexSpec", "parse_event_fields", "LOG_TAIL_LINES", "EVENT_MAX_BYTES",
            "STREAM_MAX_BYTES", "cap_event"]

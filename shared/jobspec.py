@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from shared import layout
-from shared.options import PredictOptions, TrainOptions, path_kind, refuse
+from shared.options import IndexOptions, PredictOptions, TrainOptions, path_kind, refuse
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 IDEMPOTENCY_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
@@ -234,10 +234,37 @@ class PredictSpec(_Spec, PredictOptions):
         return options
 
 
-JobSpec = TrainSpec | PredictSpec
+class IndexSpec(_Spec, IndexOptions):
+    """An index job: the service's fields plus ``IndexOptions``; writes
+    ``experiments/<name>/index/`` (the name defaults to the job id)."""
+
+    kind: Literal["index"] = "index"
+    name: str | None = Field(None, pattern=NAME_PATTERN,
+                             description="Run folder under experiments/ whose index/ is written, and the "
+                                         "index's name in search (default: the job id)")
+
+    def option_names(self) -> tuple[str, ...]:
+        return tuple(IndexOptions.model_fields)
+
+    def run_name(self, job_id: str) -> str:
+        return self.name or job_id
+
+    def resolved_options(self, data_root: Path, *, job_id: str, events: Path | None = None,
+                         resume_override: Path | None = None) -> dict[str, Any]:
+        """What ``cnclip index --options-file`` reads (a resumed build simply starts again)."""
+        options = self._resolved(data_root)
+        options.update(name=self.run_name(job_id), job_id=job_id,
+                       experiments=str(Path(data_root) / layout.EXPERIMENTS))
+        if events is not None:
+            options.update(events=str(events), no_progress=True)
+        return options
+
+
+JobSpec = TrainSpec | PredictSpec | IndexSpec
+SPEC_KINDS: dict[str, type[_Spec]] = {"train": TrainSpec, "predict": PredictSpec, "index": IndexSpec}
 
 
 def spec_from_json(data: str | dict[str, Any]) -> JobSpec:
     raw = json.loads(data) if isinstance(data, str) else data
-    model = PredictSpec if raw.get("kind") == "predict" else TrainSpec
+    model = SPEC_KINDS.get(raw.get("kind"), TrainSpec)
     return model.model_validate(raw)

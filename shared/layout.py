@@ -34,3 +34,11 @@ def fill_unset(target: Any, places: dict[str, str]) -> None:
                 target[name] = value
         elif getattr(target, name) is None:
             setattr(target, name, value)
+
+
+INDEX = "index"                          # a run's gallery index: experiments/<name>/index/
+
+
+def index_dir(experiments: str | Path, name: str) -> Path:
+    """Where the gallery index named ``name`` lives (the run folder's ``index/``)."""
+    return Path(experiments) / name / INDEX

@@ -297,6 +297,10 @@ class PredictOptions(ModelOptions, OptimOptions, OnlineOptions):
     gallery_chunk: int = Field(8192, ge=1, le=1 << 24, description="images per scoring block")
     online_max_epochs: int = Field(1, ge=1, le=1000,
                                    description="test-time online passes over the test queries (online live|cache)")
+    save_index: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="mode single: also keep the gallery embeddings as the exact index experiments/<name>/index "
+                    "(searchable by that name; with online learning, of the adapted model)")
 
     @model_validator(mode="after")
     def _rules(self) -> "PredictOptions":
@@ -314,6 +318,8 @@ class PredictOptions(ModelOptions, OptimOptions, OnlineOptions):
         else:
             if self.resume is not None:
                 raise refuse(self, "resume", f"mode {mode!r} takes its checkpoints from members, not resume")
+        if self.save_index is not None and mode != "single":
+            raise refuse(self, "save_index", "save_index keeps a single model's gallery embeddings (mode 'single')")
         if mode == "ensemble" and len(self.members) < 2:
             raise refuse(self, "members", "mode 'ensemble' needs at least two member checkpoints")
         if self.weights is not None:
@@ -361,3 +367,45 @@ class PredictRunOptions(_Options):
 def option_fields(model: type[BaseModel]) -> dict[str, Any]:
     """name -> FieldInfo of every option a model declares (in declaration order)."""
     return dict(model.model_fields)
+
+
+# ---- gallery index -------------------------------------------------------------------------
+IndexKind = Literal["flat", "ivf", "hnsw"]
+RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class IndexOptions(ModelOptions):
+    """What ``cnclip index`` embeds and how it searches: a gallery LMDB encoded by one
+    checkpoint, kept as float16 embeddings beside a FAISS index. ``flat`` is exact inner
+    product; ``ivf`` and ``hnsw`` trade a little recall (measured against exact and reported)
+    for speed on large galleries."""
+
+    image_data: PathText = Field(..., json_schema_extra=INPUT,
+                                 description="LMDB split dir of the gallery (.../lmdb/test)")
+    resume: PathText = Field(..., json_schema_extra=INPUT,
+                             description="checkpoint (.pt or transformers dir) that embeds the gallery")
+    index_kind: IndexKind = Field("flat", description="flat (exact inner product), ivf or hnsw")
+    ivf_lists: int | None = Field(None, ge=1, le=1 << 20,
+                                  description="ivf: clusters (default: about 4 x sqrt(images))")
+    ivf_probe: int | None = Field(None, ge=1, le=1 << 20,
+                                  description="ivf: clusters searched per query (default: lists / 8, at least 8)")
+    hnsw_m: int = Field(32, ge=4, le=128, description="hnsw: links per node")
+    hnsw_ef_search: int = Field(128, ge=8, le=4096, description="hnsw: candidates kept while searching")
+    num_workers: int = Field(0, ge=0, le=64, description="DataLoader workers for images")
+    img_batch_size: int = Field(64, ge=1, le=65536, description="images per encoding batch")
+
+    @model_validator(mode="after")
+    def _rules(self) -> "IndexOptions":
+        if self.index_kind != "ivf" and (self.ivf_lists is not None or self.ivf_probe is not None):
+            raise refuse(self, "ivf_lists" if self.ivf_lists is not None else "ivf_probe",
+                         "ivf_lists and ivf_probe belong to index_kind 'ivf'")
+        return self
+
+
+class IndexRunOptions(_Options):
+    events: PathText | None = Field(None, description="write progress events as JSON lines to this file")
+    job_id: str | None = Field(None, description="the job this run belongs to (set by the job runner)")
+    no_progress: bool = Field(False, description="no progress bar even on a terminal")
+    experiments: PathText | None = Field(None, description="where runs are stored (default: the data root's experiments/)")
+    name: str = Field("index", pattern=RUN_NAME_PATTERN,
+                      description="the run folder under experiments whose index/ is written (and the index's name)")

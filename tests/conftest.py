@@ -6,7 +6,7 @@ import redis as redis_lib
 from tests.helpers import RedisServer
 
 # Fixtures of one area that other areas' tests use too (the shop, crawler workers, tiny data).
-pytest_plugins = ["tests.fixtures_shop", "tests.fixtures_crawler", "tests.fixtures_trainer"]
+pytest_plugins = ["tests.fixtures_shop", "tests.fixtures_crawler", "tests.fixtures_trainer", "tests.fixtures_search"]
 
 
 @pytest.fixture(scope="session")

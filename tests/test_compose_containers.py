@@ -181,10 +181,10 @@ def test_compose_up_runs_the_whole_stack_and_down_leaves_nothing(container_reaso
         ids = [c["Id"] for c in stack.containers()]
         pids = [c["Pid"] for c in running if c.get("Pid")]
         services = sorted(c["Labels"]["com.docker.compose.service"] for c in running)
-        assert services == sorted(["redis", "control", "shop", "trainer"] + ["crawler"] * RANKS), services
+        assert services == sorted(["redis", "control", "shop", "trainer", "search"] + ["crawler"] * RANKS), services
 
         # Healthy, by the healthchecks docker-compose.yml declares.
-        for name in ("redis", "control", "shop", "trainer"):
+        for name in ("redis", "control", "shop", "trainer", "search"):
             _wait(f"{name} healthy", lambda n=name: stack.healthy(stack.container(n)), 180, stack)
         for number in range(1, RANKS + 1):
             _wait(f"crawler {number} healthy", lambda n=number: stack.healthy(stack.container("crawler", n)),
@@ -241,6 +241,21 @@ def test_compose_up_runs_the_whole_stack_and_down_leaves_nothing(container_reaso
         assert checkpoint.is_file() and checkpoint.stat().st_uid == 10001
         assert record["progress"]["online_total"]["pairs"] > 0, record["progress"]
         assert (data_dir / "online_cache" / "valid").is_dir()
+
+        # The trained model's gallery index, built by an index job, searched once through the
+        # control service's proxy by the search container.
+        index_spec = {"name": "compose-check", "image_data": f"{DATASET}/lmdb/valid", "img_batch_size": 8,
+                      "resume": "experiments/compose-check/checkpoints/epoch_latest.pt",
+                      "vision_model": "tiny", "text_model": "tiny", "precision": "fp32", "device": "cpu"}
+        submitted = control.post("/jobs/index", json=index_spec)
+        assert submitted.status_code == 201, submitted.text
+        job_id = submitted.json()["id"]
+        record = _wait("the index job finished", finished, 300, stack, interval=3)
+        assert record["state"] == "succeeded", json.dumps(record, indent=1)[-4000:]
+        found = control.get("/api/search", params={"index": "compose-check", "q": "红色 连衣裙", "k": 3})
+        assert found.status_code == 200, found.text
+        assert len(found.json()["results"]) == 3
+        assert control.get(found.json()["results"][0]["thumbnail"]).headers["content-type"] == "image/jpeg"
     finally:
         control.close()
         shop.close()

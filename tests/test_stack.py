@@ -80,7 +80,7 @@ def test_compose_redis_needs_the_password_everywhere_and_nothing_is_exposed(conf
 
 def test_compose_services_as_specified(config):
     services = config["services"]
-    assert set(services) == {"redis", "control", "crawler", "trainer", "data-init", "shop", "flower"}
+    assert set(services) == {"redis", "control", "crawler", "trainer", "data-init", "shop", "flower", "search"}
     redis = services["redis"]
     assert "--appendonly" in redis["command"] and redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
     assert any(v["target"] == "/data" and v["type"] == "volume" for v in redis["volumes"])
@@ -109,6 +109,13 @@ def test_compose_services_as_specified(config):
     assert init["user"] == "0:0" and init["command"] == ["chown", "10001:10001", "/data"]
     assert [v["source"] for v in init["volumes"]] == [v["source"] for v in trainer["volumes"]]
     assert services["shop"]["profiles"] == ["demo"] and services["flower"]["profiles"] == ["monitoring"]
+    # The search service runs from the trainer's image, reachable only on the compose network,
+    # and trusts the control's token, which the control sends when it proxies /api/search.
+    search = services["search"]
+    assert search["image"] == trainer["image"] and not search.get("ports")
+    assert search["environment"]["CNCLIP_CONTROL_TOKEN"] == "test-token"
+    assert services["control"]["environment"]["CNCLIP_CONTROL_SEARCH_URL"] == "http://search:8700"
+    assert all(v.get("read_only") for v in search["volumes"] if v["target"] == "/data")
 
 
 def test_compose_reads_ranks_and_gpus_from_the_environment():
@@ -160,7 +167,7 @@ def test_every_compose_command_names_an_existing_entry_point(config):
             continue
         _check_python_command(command)
         checked += 1
-    assert checked == 4  # control, crawler, trainer, shop
+    assert checked == 5  # control, crawler, trainer, shop, search
 
 
 def _dockerfile_cmd(path: Path) -> list[str]:
@@ -208,7 +215,7 @@ def test_procfile_commands_exist():
     lines = [line for line in (REPO / "Procfile").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
     names = [line.split(":", 1)[0] for line in lines]
-    assert names == ["redis", "shop", "crawler", "trainer", "control"]
+    assert names == ["redis", "shop", "crawler", "trainer", "search", "control"]
     for line in lines:
         command = line.split(":", 1)[1].split("; exec ")[-1].removeprefix(" exec ")
         argv = shlex.split(command)

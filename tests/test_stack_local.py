@@ -60,6 +60,14 @@ def test_stack_up_and_down_leaves_nothing(tmp_path):
             time.sleep(1)
         assert ranks, (_state(root) / "stack.log").read_text()[-3000:]
         assert httpx.get(f"http://127.0.0.1:{settings['CNCLIP_SHOP_PORT']}/healthz").status_code == 200
+        # The search service answers through the control's proxy (no index built yet: none listed).
+        deadline = time.monotonic() + 60
+        indexes = httpx.get(base + "/api/search/indexes", headers=headers)
+        while indexes.status_code == 503 and time.monotonic() < deadline:
+            time.sleep(1)
+            indexes = httpx.get(base + "/api/search/indexes", headers=headers)
+        assert indexes.status_code == 200 and indexes.json()["indexes"] == [], indexes.text
+        assert httpx.get(f"http://127.0.0.1:{settings['CNCLIP_SEARCH_PORT']}/api/search/indexes").status_code == 401
         processes = _stack_processes(settings["CNCLIP_STACK_ID"])
         names = {p.name() for p in processes}
         assert {"Xvfb", "chromedriver"} <= names and any("chrom" in n for n in names - {"chromedriver"}), names

@@ -19,7 +19,7 @@ from services.control.docs import add_docs
 from services.control.headers import SecurityHeadersMiddleware
 from services.control.limits import BodySizeLimitMiddleware
 from services.control.metrics import LatencyMiddleware
-from services.control.routes import jobs, login, pages, status
+from services.control.routes import jobs, login, pages, results, search, status
 from services.control.security import COMMON_RESPONSES, bearer
 from services.control.settings import ControlSettings
 from services.control.state import ControlState, get_state
@@ -48,6 +48,9 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI):
         yield
         await control.close()
+        search_client = getattr(_app.state, "search_client", None)
+        if search_client is not None:
+            await search_client.aclose()
 
     app = FastAPI(title="Online-CNCLIP control",
                   description="Submit and follow training and prediction jobs; watch the crawler pool.",
@@ -59,6 +62,8 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(login.router)
     app.include_router(status.router)
+    app.include_router(search.router)
+    app.include_router(results.router)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     add_docs(app)
 
@@ -85,7 +90,8 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
 
     # Added innermost first: latency covers everything, including refused requests, and every
     # answer (refusals included) carries the security headers.
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes,
+                       larger={"/api/search/image": settings.search_upload_bytes})
     app.add_middleware(AuthMiddleware, token=token)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(LatencyMiddleware, metrics=control.metrics, router_app=app)

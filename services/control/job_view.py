@@ -8,16 +8,17 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
-ViewKind = Literal["train", "single", "ensemble", "online"]
+ViewKind = Literal["train", "single", "ensemble", "online", "index"]
 VIEW_KIND_LABELS: dict[str, str] = {"train": "training", "single": "prediction",
-                                    "ensemble": "ensemble prediction", "online": "test-time online"}
+                                    "ensemble": "ensemble prediction", "online": "test-time online",
+                                    "index": "gallery index"}
 
 
 def view_kind(kind: str, spec: dict[str, Any]) -> ViewKind:
     """train; a single-model prediction; an ensemble (saved matrices or checkpoints); or a
     single-model prediction that learns online from the test queries while it predicts."""
-    if kind == "train":
-        return "train"
+    if kind in ("train", "index"):
+        return kind
     if spec.get("mode") in ("ensemble", "ensemble-last"):
         return "ensemble"
     if spec.get("online", "off") != "off":
@@ -38,8 +39,8 @@ def run_name(path: str | None) -> str:
 
 def job_run(job_id: str, kind: str, spec: dict[str, Any]) -> str:
     """The run(s) a job trains or predicts with, for the jobs list."""
-    if kind == "train":
-        return spec.get("name") or job_id  # a training run's folder is named after the job by default
+    if kind in ("train", "index"):
+        return spec.get("name") or job_id  # a run's folder is named after the job by default
     if spec.get("resume"):
         return run_name(spec["resume"])
     members = [run_name(m) for m in spec.get("members") or []]

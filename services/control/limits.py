@@ -15,17 +15,20 @@ def _refusal(limit: int) -> tuple[dict, dict]:
 
 
 class BodySizeLimitMiddleware:
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, larger: dict[str, int] | None = None):
         self.app = app
         self.max_bytes = max_bytes
+        # Paths that take bigger bodies (an uploaded picture), each with its own bound.
+        self.larger = larger or {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.larger.get(scope.get("path", ""), self.max_bytes)
         for name, value in scope.get("headers", []):
             if name == b"content-length":
-                if not value.isdigit() or int(value) > self.max_bytes:
-                    for message in _refusal(self.max_bytes):
+                if not value.isdigit() or int(value) > limit:
+                    for message in _refusal(limit):
                         await send(message)
                     return
         # Chunked bodies carry no length: count while they arrive. Past the limit the client
@@ -41,9 +44,9 @@ class BodySizeLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes and not started:
+                if received > limit and not started:
                     refused = True
-                    for reply in _refusal(self.max_bytes):
+                    for reply in _refusal(limit):
                         await send(reply)
                     return {"type": "http.disconnect"}
             return message

@@ -37,6 +37,11 @@ class ControlSettings(CommonSettings):
     sign_in_failures: int = Field(10, ge=1)
     sign_in_window_s: float = Field(60.0, gt=0)
     log_level: str = "info"
+    # The search service (services/search) that /api/search... is proxied to, and the largest
+    # picture a search by picture may upload (the one body allowed past max_body_bytes).
+    search_url: str = "http://127.0.0.1:8700"
+    search_timeout_s: float = Field(60.0, gt=0)
+    search_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
 
 
 def is_loopback(host: str) -> bool:

@@ -1,7 +1,8 @@
 """`cnclip`: one entry point with a subcommand per job (build-lmdb, train, predict, evaluate,
-ensemble, convert, make-synthetic, import-cache). Each subcommand lives in services/trainer/commands/ and
-is imported only when chosen, so `cnclip make-synthetic` works without torch; `jobs` (the control
-service's client) and `secrets` live in services/client and never import torch."""
+ensemble, convert, make-synthetic, import-cache, index). Each subcommand lives in
+services/trainer/commands/ and is imported only when chosen, so `cnclip make-synthetic` works
+without torch; `jobs` (the control service's client) and `secrets` live in services/client and
+never import torch."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +18,7 @@ SUBCOMMANDS = {
     "convert": ("convert", "Convert checkpoints between Chinese-CLIP .pt and transformers dirs"),
     "make-synthetic": ("make_synthetic", "Render a synthetic MUGE-format data set"),
     "import-cache": ("import_cache", "Import the prototype's crawled-image folders into the online cache"),
+    "index": ("index", "Embed a gallery with a checkpoint into a searchable index (FAISS)"),
     # Not trainer commands: the job service's client and the compose secrets, both torch-free.
     "jobs": ("services.client.cli", "Submit, follow and manage jobs of the control service"),
     "secrets": ("services.client.compose_env", "Write .env beside docker-compose.yml with generated secrets"),

@@ -119,3 +119,32 @@ def test_torchrun_args():
     two = TrainSpec(train_data="d", nnodes=2, nproc_per_node=8)
     assert two.torchrun_args(node_rank=1, master_addr="10.0.0.5", master_port=29555) == [
         "--nnodes=2", "--nproc-per-node=8", "--node-rank=1", "--master-addr=10.0.0.5", "--master-port=29555"]
+
+
+def test_index_options_resolve_into_the_index_builders_settings(tmp_path):
+    from services.trainer.index.config import IndexConfig
+    from shared.jobspec import IndexSpec
+
+    spec = IndexSpec(image_data="d/lmdb/test", resume="experiments/run/checkpoints/epoch_latest.pt",
+                     index_kind="ivf", ivf_lists=8, vision_model="tiny", text_model="tiny")
+    again = spec_from_json(spec.model_dump_json())
+    assert isinstance(again, IndexSpec) and again == spec
+    config = IndexConfig(**spec.resolved_options(tmp_path, job_id="j1", events=tmp_path / "e"))
+    assert config.image_data == str(tmp_path / "d/lmdb/test")
+    assert config.target == tmp_path / "experiments" / "j1" / "index"
+    named = IndexSpec(image_data="d", resume="c.pt", name="shop-online")
+    assert IndexConfig(**named.resolved_options(tmp_path, job_id="j2")).target == \
+        tmp_path / "experiments" / "shop-online" / "index"
+    assert [p.split(":")[0] for p in spec.missing_inputs(tmp_path)] == ["image_data", "resume"]
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"image_data": "../x"}, "image_data"), ({"resume": "/etc/passwd"}, "resume"),
+    ({"index_kind": "annoy"}, "index_kind"), ({"ivf_probe": 4}, "ivf_probe"), ({"name": "../up"}, "name"),
+])
+def test_index_spec_refuses_with_the_field_named(bad, field):
+    from shared.jobspec import IndexSpec
+
+    with pytest.raises(ValidationError) as exc:
+        IndexSpec(**{"image_data": "d", "resume": "c.pt", **bad})
+    assert field in _error_fields(exc.value)

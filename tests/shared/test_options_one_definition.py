@@ -9,12 +9,14 @@ from pydantic import ValidationError
 
 from services.trainer.cli import build_parser
 from services.trainer.commands.options_cli import flag_of
+from services.trainer.index.config import IndexConfig
 from services.trainer.predict.config import PredictConfig
 from services.trainer.train.config import TrainConfig
-from shared.jobspec import PredictSpec, TrainSpec
-from shared.options import PredictOptions, TrainOptions
+from shared.jobspec import IndexSpec, PredictSpec, TrainSpec
+from shared.options import IndexOptions, PredictOptions, TrainOptions
 
-CASES = [("train", TrainOptions, TrainSpec, TrainConfig), ("predict", PredictOptions, PredictSpec, PredictConfig)]
+CASES = [("train", TrainOptions, TrainSpec, TrainConfig), ("predict", PredictOptions, PredictSpec, PredictConfig),
+         ("index", IndexOptions, IndexSpec, IndexConfig)]
 
 
 def _cli_actions(command: str) -> dict[str, argparse.Action]:

@@ -14,7 +14,7 @@ from sse_starlette.sse import EventSourceResponse
 from shared import redis_keys
 from shared.jobs import (TERMINAL, IdempotencyConflict, InvalidTransition, JobNotFound, JobRecord,
                          JobState, parse_event_fields)
-from shared.jobspec import IDEMPOTENCY_PATTERN, JobSpec, PredictSpec, TrainSpec
+from shared.jobspec import IDEMPOTENCY_PATTERN, IndexSpec, JobSpec, PredictSpec, TrainSpec
 from services.control.schemas import JobPublic, JobSummary
 from services.control.security import COMMON_RESPONSES, bearer
 from services.control.state import ControlState, get_state
@@ -103,6 +103,13 @@ async def submit_train(spec: TrainSpec, response: Response, state: ControlState 
              summary="Submit a prediction job (single, ensemble or ensemble-last)")
 async def submit_predict(spec: PredictSpec, response: Response, state: ControlState = Depends(get_state),
                          idempotency_key: IdempotencyHeader = None) -> JobPublic:
+    return await _create(spec, response, state, idempotency_key)
+
+
+@router.post("/index", status_code=201, response_model=JobPublic, responses=_SUBMIT_RESPONSES,
+             summary="Submit a gallery index build (embeddings and a FAISS index for search)")
+async def submit_index(spec: IndexSpec, response: Response, state: ControlState = Depends(get_state),
+                       idempotency_key: IdempotencyHeader = None) -> JobPublic:
     return await _create(spec, response, state, idempotency_key)
 
 

@@ -8,7 +8,8 @@
   var selected = root.dataset.selected || "";
   var lastSeries = {job: null, state: null};
   var TERMINAL = {succeeded: 1, failed: 1, cancelled: 1};
-  var KIND_LABELS = {train: "training", single: "prediction", ensemble: "ensemble", online: "test-time online"};
+  var KIND_LABELS = {train: "training", single: "prediction", ensemble: "ensemble", online: "test-time online",
+                     index: "gallery index"};
   var LOGIN_LABELS = {starting: "starting", waiting_for_scan: "waiting for scan", logged_in: "logged in",
                       expired: "code expired", error: "error"};
 
@@ -97,6 +98,9 @@
     var link = $("job-link");
     link.href = "/status?job=" + encodeURIComponent(job.id);
     link.textContent = job.id;
+    var results = $("job-results");
+    results.hidden = !(job.kind === "predict" && job.state === "succeeded");
+    results.href = "/jobs/" + encodeURIComponent(job.id) + "/results";
     var facts = [["Started", F.clock(job.started_at)], ["Duration", F.duration(elapsed(job, now))]];
     if (job.view.kind === "train") {
       facts.push(["Step", F.isNum(p.step) ? p.step + (p.total_steps ? " / " + p.total_steps : "") : "-"],

@@ -58,7 +58,8 @@ def predict(config: PredictConfig, emit: Emit) -> dict[str, Any]:
     except (FileNotFoundError, KeyError, ValueError, FloatingPointError) as exc:
         raise PredictError(f"{type(exc).__name__}: {exc}") from exc
     result["elapsed_s"] = round(time.perf_counter() - started, 3)
-    emit("result", paths=[result["output"], *([result["metrics_file"]] if result.get("metrics_file") else [])],
+    emit("result", paths=[result["output"], *([result["metrics_file"]] if result.get("metrics_file") else []),
+                          *([result["index"]] if result.get("index") else [])],
          metrics=result.get("metrics"))
     return result
 
@@ -111,7 +112,25 @@ def _single(config: PredictConfig, emit: Emit) -> dict[str, Any]:
         result["scores"] = str(scores_path)
     if adapted is not None:
         result["adapted_checkpoint"] = str(adapted)
+    if config.save_index:
+        result["index"] = _save_index(config, encoded, adapted, checkpoint, emit)
     return result
+
+
+def _save_index(config: PredictConfig, encoded, adapted: Path | None, read: dict[str, Any], emit: Emit) -> str:
+    """The gallery embeddings just computed, kept as a searchable index (no second embedding)."""
+    from services.trainer.index.build import write_features_index
+    from shared.layout import index_dir
+
+    emit("phase", name="index:flat")
+    target = index_dir(config.experiments, config.save_index)
+    checkpoint = adapted or config.resume
+    if adapted is not None:
+        read = {**read, "path": str(adapted)}
+    write_features_index(target, encoded.images.ids, encoded.images.features, checkpoint=checkpoint, read=read,
+                         options=config, gallery=config.image_data)
+    emit("log", level="info", message=f"gallery index saved to {target}")
+    return str(target)
 
 
 def _member_metrics(saved: SavedScores, reference: dict | None, top_k: int) -> dict[str, float] | None:

@@ -1,0 +1,1 @@
+"""The search service: text (and picture) queries against gallery indexes, with thumbnails."""

@@ -1,0 +1,6 @@
+import sys
+
+from services.search.app import main
+
+if __name__ == "__main__":
+    sys.exit(main())
