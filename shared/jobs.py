@@ -110,6 +110,14 @@ class InvalidTransition(RuntimeError):
         self.wanted = wanted
 
 
+class RunNameTaken(RuntimeError):
+    def __init__(self, name: str, job_id: str):
+        super().__init__(f"a run named {name!r} is already held by job {job_id}; choose another "
+                         "name or set continue_run to continue it")
+        self.name = name
+        self.job_id = job_id
+
+
 class IdempotencyConflict(RuntimeError):
     def __init__(self, key: str, job_id: str):
         super().__init__(f"idempotency key {key!r} was used for job {job_id} with a different spec")
@@ -121,12 +129,21 @@ def new_job_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(4)
 
 
-# KEYS: job hash, jobs index, events stream, idempotency key (or "" when none)
+# KEYS: job hash, jobs index, events stream, idempotency key (or "" when none),
+#       run name reservation (or "" when the job starts no new named run)
 # ARGV: job id, created_at, fingerprint, events maxlen, state event json, field/value pairs...
+# Returns the job id, the earlier job's id (same idempotency key), or "!run:<holder>" when
+# another job holds the run name: the check and the reservation are one step, so two
+# submissions of one new name cannot both pass.
 _CREATE = """
 if KEYS[4] ~= '' then
   local existing = redis.call('GET', KEYS[4])
   if existing then return existing end
+end
+if KEYS[5] ~= '' then
+  local holder = redis.call('GET', KEYS[5])
+  if holder then return '!run:' .. holder end
+  redis.call('SET', KEYS[5], ARGV[1])
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
@@ -198,10 +215,23 @@ if current ~= 'succeeded' and current ~= 'failed' and current ~= 'cancelled' the
   return {0, current}
 end
 local key = redis.call('HGET', KEYS[1], 'idempotency_key')
+local spec = redis.call('HGET', KEYS[1], 'spec')
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 redis.call('ZREM', KEYS[5], ARGV[1])
-return {1, current, key or 'null'}
+return {1, current, key or 'null', spec or 'null'}
 """
+
+
+_DELETE_IF_MINE = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
+                   "return redis.call('DEL', KEYS[1]) end return 0")
+
+
+def reserved_run_name(spec: JobSpec) -> str | None:
+    """The run name a job must hold alone: a training job's new named run (one continuing a
+    run shares it on purpose; an unnamed run is named after its unique job id)."""
+    if isinstance(spec, TrainSpec) and spec.name and not spec.continue_run:
+        return spec.name
+    return None
 
 
 def cap_event(event: JobEvent) -> str:
@@ -237,12 +267,16 @@ class JobStore:
                            idempotency_key=key, fingerprint=spec.fingerprint())
         event = JobEvent(type="state", job_id=record.id, data={"state": "queued", "reason": ""})
         fields = [x for pair in record.to_hash().items() for x in pair]
+        run = reserved_run_name(spec)
         got = self._create(
             keys=[redis_keys.job(record.id), redis_keys.jobs_index(),
-                  redis_keys.job_events(record.id), redis_keys.idempotency(key) if key else ""],
+                  redis_keys.job_events(record.id), redis_keys.idempotency(key) if key else "",
+                  redis_keys.run_name(run) if run else ""],
             args=[record.id, record.created_at, record.fingerprint, EVENTS_MAXLEN,
                   event.model_dump_json(), *fields])
         got_id = got.decode() if isinstance(got, bytes) else str(got)
+        if got_id.startswith("!run:"):
+            raise RunNameTaken(run or "", got_id[len("!run:"):])
         if got_id == record.id:
             return record, True
         existing = self.get(got_id)
@@ -339,9 +373,13 @@ class JobStore:
         key = json.loads(result[2])
         if key:
             # The key may since name another job: only our own mapping goes.
-            self.client.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then "
-                             "return redis.call('DEL', KEYS[1]) end return 0", 1,
-                             redis_keys.idempotency(key), job_id)
+            self.client.eval(_DELETE_IF_MINE, 1, redis_keys.idempotency(key), job_id)
+        spec = json.loads(result[3]) if len(result) > 3 else None
+        name = spec.get("name") if isinstance(spec, dict) else None
+        if isinstance(name, str) and name:
+            # The run's folder (if it was made) still refuses the name on disk; a run that never
+            # wrote anything gives its name back with its record.
+            self.client.eval(_DELETE_IF_MINE, 1, redis_keys.run_name(name), job_id)
         return value
 
     def update(self, job_id: str, *, only_in: Iterable[str] = ("running",), **fields: Any) -> bool:
@@ -396,6 +434,7 @@ def parse_event_fields(fields: dict[Any, Any]) -> JobEvent:
 
 
 __all__ = ["JobRecord", "JobStore", "JobState", "STATES", "TERMINAL", "TRANSITIONS",
-           "JobNotFound", "InvalidTransition", "IdempotencyConflict", "new_job_id",
+           "JobNotFound", "InvalidTransition", "IdempotencyConflict", "RunNameTaken", "new_job_id",
+           "reserved_run_name",
            "TrainSpec", "PredictSpec", "parse_event_fields", "LOG_TAIL_LINES", "EVENT_MAX_BYTES",
            "STREAM_MAX_BYTES", "cap_event"]

@@ -89,3 +89,9 @@ def idempotency(key: str) -> str:
 def crawler_rank_claim(rank: int) -> str:
     """String with a TTL: which crawler worker holds a rank (refreshed while it lives)."""
     return f"{PREFIX}:crawler:{rank}:claim"
+
+
+def run_name(name: str) -> str:
+    """String: the job that holds a run name (the folder under experiments/), set atomically at
+    submission so two jobs can never both start a new run under one name."""
+    return f"{PREFIX}:run:{name}"

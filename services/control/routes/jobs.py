@@ -13,7 +13,7 @@ from sse_starlette.sse import EventSourceResponse
 
 from shared import redis_keys
 from shared.jobs import (TERMINAL, IdempotencyConflict, InvalidTransition, JobNotFound, JobRecord,
-                         JobState, parse_event_fields)
+                         JobState, RunNameTaken, parse_event_fields)
 from shared.jobspec import IDEMPOTENCY_PATTERN, JobSpec, PredictSpec, TrainSpec
 from services.control.schemas import JobPublic, JobSummary
 from services.control.security import COMMON_RESPONSES, bearer
@@ -62,7 +62,7 @@ def _submit(state: ControlState, spec: JobSpec, key: str | None) -> tuple[JobRec
             raise refusal
     try:
         record, created = state.store.create(spec, idempotency_key=key)
-    except IdempotencyConflict as exc:
+    except (IdempotencyConflict, RunNameTaken) as exc:
         raise HTTPException(409, str(exc)) from exc
     if not created:
         return record, False
