@@ -40,11 +40,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorBody}, 404: {"mo
 
 def _refusal(spec: JobSpec, root) -> HTTPException | None:
     """What the data root tells about a spec before anything is queued: inputs that are not
-    there (422, per field, as FastAPI reports body errors) and a run name already taken (409)."""
-    problems = spec.missing_inputs(root)
+    there or outputs that are or pass through a symbolic link (422, per field, as FastAPI
+    reports body errors) and a run name already taken (409)."""
+    problems = [("missing_input", p) for p in spec.missing_inputs(root)] + \
+        [("linked_output", p) for p in spec.linked_outputs(root)]
     if problems:
-        return HTTPException(422, [{"type": "missing_input", "loc": ["body", p.split(":", 1)[0]],
-                                    "msg": p.split(":", 1)[1].strip()} for p in problems])
+        return HTTPException(422, [{"type": kind, "loc": ["body", p.split(":", 1)[0]],
+                                    "msg": p.split(":", 1)[1].strip()} for kind, p in problems])
     if isinstance(spec, TrainSpec) and spec.name and not spec.continue_run \
             and spec.output_dir(root, spec.name).exists():
         return HTTPException(409, f"a run named {spec.name!r} already exists under experiments/; "
