@@ -55,6 +55,11 @@ class ControlState:
                    sync_redis=sync_client, store=JobStore(sync_client),
                    metrics=Metrics(sync_client), celery=celery)
 
+    def ensure_indexes(self) -> None:
+        """Jobs recorded before the kind/state indexes existed are indexed once (the first
+        list after start; not at start, which must not need Redis)."""
+        self.store.ensure_indexes()
+
     def send_job(self, job_id: str, nnodes: int) -> None:
         """One task per node; node 0 keeps the record, the others join its rendezvous."""
         for node_rank in range(nnodes):

@@ -108,3 +108,81 @@ def test_the_writer_never_follows_a_link_planted_after_the_check(data_root):
     # A plain path is written, atomically.
     plain = write_predictions(data_root / "experiments" / "results" / "p.jsonl", rows)
     assert plain.read_text().count("\n") == 1
+
+
+def test_one_corrupt_record_is_listed_as_unreadable_and_the_rest_served(control, data_root, redis_client):
+    (data_root / TRAIN["train_data"]).mkdir(parents=True)
+    with control.client() as client:
+        ids = [client.post("/jobs/train", json=TRAIN).json()["id"] for _ in range(4)]
+        # Three ways a record goes bad: a field that is not JSON, one that is not a job's, a
+        # key that is not a hash at all.
+        redis_client.hset(redis_keys.job(ids[0]), "spec", "{not json")
+        redis_client.hset(redis_keys.job(ids[1]), "state", '"exploded"')
+        redis_client.delete(redis_keys.job(ids[2]))
+        redis_client.set(redis_keys.job(ids[2]), "garbage")
+        listed = client.get("/jobs")
+        assert listed.status_code == 200, listed.text
+        by_id = {j["id"]: j for j in listed.json()["jobs"]}
+        assert set(by_id) == set(ids) and listed.json()["total"] == 4
+        assert by_id[ids[3]]["state"] == "queued" and by_id[ids[3]]["kind"] == "train"
+        for bad, words in ((ids[0], "not JSON"), (ids[1], "state"), (ids[2], "WRONGTYPE")):
+            assert by_id[bad]["state"] == "unreadable" and words in by_id[bad]["reason"], by_id[bad]
+            one = client.get(f"/jobs/{bad}")
+            assert one.status_code == 409 and "cannot be read" in one.json()["detail"], one.text
+            assert words in one.json()["detail"]
+        assert client.get(f"/jobs/{ids[3]}").status_code == 200
+        status = client.get("/api/status")
+        assert status.status_code == 200, status.text
+        shown = {j["id"]: j for j in status.json()["jobs"]}
+        assert shown[ids[3]]["state"] == "queued"
+        assert {shown[i]["state"] for i in ids[:3]} == {"unreadable"}
+        assert "WRONGTYPE" in shown[ids[2]]["reason"]
+        assert client.post(f"/jobs/{ids[1]}/cancel").status_code == 409
+        # What cannot be read can still be removed.
+        for bad in ids[:3]:
+            assert client.delete(f"/jobs/{bad}").status_code == 204
+        assert [j["id"] for j in client.get("/jobs").json()["jobs"]] == [ids[3]]
+        assert client.get("/metrics").status_code == 200
+
+
+def test_filtered_lists_read_an_index_that_follows_every_change(control, data_root, redis_client):
+    (data_root / TRAIN["train_data"]).mkdir(parents=True)
+    _predict_inputs(data_root)
+    store = JobStore(redis_client)
+    with control.client() as client:
+        trains = [client.post("/jobs/train", json=TRAIN).json()["id"] for _ in range(5)]
+        predicts = [client.post("/jobs/predict", json=PREDICT).json()["id"] for _ in range(3)]
+        for job_id in trains[:3] + predicts[:1]:
+            store.transition(job_id, "running")
+        store.transition(trains[0], "succeeded")
+        store.transition(predicts[0], "failed", reason="test")
+        client.post(f"/jobs/{trains[4]}/cancel")
+        assert client.delete(f"/jobs/{predicts[0]}").status_code == 204
+
+        def listed(**params) -> tuple[list[str], int]:
+            answer = client.get("/jobs", params=params).json()
+            return [j["id"] for j in answer["jobs"]], answer["total"]
+
+        def expected():
+            return {"state=running": ([trains[2], trains[1]], 2),
+                    "kind=predict": ([predicts[2], predicts[1]], 2),
+                    "kind=train&state=cancelled": ([trains[4]], 1),
+                    "kind=train&state=queued": ([trains[3]], 1),
+                    "state=failed": ([], 0),
+                    "state=succeeded&limit=1&offset=0": ([trains[0]], 1)}
+
+        for query, want in expected().items():
+            assert listed(**dict(p.split("=") for p in query.split("&"))) == want, query
+        assert listed()[1] == 7
+        # Jobs recorded before the indexes existed are indexed the first time a list is asked
+        # for after a restart.
+        for key in redis_client.scan_iter(redis_keys.jobs_index_by_prefix() + "*"):
+            redis_client.delete(key)
+        redis_client.delete(redis_keys.jobs_index_version())
+    control.stop()
+    control.start()
+    with control.client() as client:
+        for query, want in expected().items():
+            answer = client.get("/jobs?" + query).json()
+            assert ([j["id"] for j in answer["jobs"]], answer["total"]) == want, query
+        assert client.get("/jobs", params={"kind": "nope"}).status_code == 422

@@ -8,14 +8,14 @@ from typing import Annotated, Any
 import redis as redis_lib
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sse_starlette.sse import EventSourceResponse
 
 from shared import redis_keys
-from shared.jobs import (TERMINAL, IdempotencyConflict, InvalidTransition, JobNotFound, JobRecord,
-                         JobState, RunNameTaken, parse_event_fields)
+from shared.jobs import (TERMINAL, IdempotencyConflict, InvalidTransition, JobKind, JobNotFound, JobRecord,
+                         JobState, JobUnreadable, RunNameTaken, UnreadableJob, parse_event_fields)
 from shared.jobspec import IDEMPOTENCY_PATTERN, JobSpec, PredictSpec, TrainSpec
-from services.control.schemas import JobPublic, JobSummary
+from services.control.schemas import JobPublic, JobSummary, JobUnreadableSummary
 from services.control.security import COMMON_RESPONSES, bearer
 from services.control.state import ControlState, get_state
 
@@ -31,11 +31,13 @@ class ErrorBody(BaseModel):
 
 
 class JobList(BaseModel):
-    jobs: list[JobSummary]
-    total: int
+    jobs: list[JobSummary | JobUnreadableSummary]
+    total: int = Field(description="jobs that match the filter, all pages together")
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorBody}, 404: {"model": ErrorBody}}
+_UNREADABLE: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorBody, "description": "The job's stored record cannot be read (the reason is given)"}}
 
 
 def _refusal(spec: JobSpec, root) -> HTTPException | None:
@@ -111,11 +113,18 @@ async def submit_predict(spec: PredictSpec, response: Response, state: ControlSt
 @router.get("", response_model=JobList, responses={401: {"model": ErrorBody}}, summary="List jobs, newest first")
 async def list_jobs(state: ControlState = Depends(get_state),
                     job_state: Annotated[JobState | None, Query(alias="state")] = None,
+                    kind: JobKind | None = None,
                     limit: Annotated[int, Query(ge=1, le=500)] = 50,
                     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> JobList:
-    records = await run_in_threadpool(state.store.list, limit, offset, job_state)
-    total = await state.redis.zcard(redis_keys.jobs_index())
-    return JobList(jobs=[JobSummary.from_record(r) for r in records], total=int(total))
+    """A filtered list reads its page from an index of jobs by kind and state, so it costs
+    what the page costs; a record that cannot be read is listed as ``unreadable`` with why."""
+    def page() -> tuple[list, int]:
+        state.ensure_indexes()
+        ids, total = state.store.filtered_ids(limit, offset, job_state, kind)
+        return state.store.many_or_unreadable(ids), total
+    records, total = await run_in_threadpool(page)
+    return JobList(jobs=[JobUnreadableSummary(id=r.id, reason=r.reason) if isinstance(r, UnreadableJob)
+                         else JobSummary.from_record(r) for r in records], total=total)
 
 
 def _get(state: ControlState, job_id: str) -> JobRecord:
@@ -123,9 +132,11 @@ def _get(state: ControlState, job_id: str) -> JobRecord:
         return state.store.get(job_id)
     except JobNotFound as exc:
         raise HTTPException(404, f"no job {job_id}") from exc
+    except JobUnreadable as exc:
+        raise HTTPException(409, str(exc)) from exc
 
 
-@router.get("/{job_id}", response_model=JobPublic, responses=_ERRORS, summary="One job")
+@router.get("/{job_id}", response_model=JobPublic, responses={**_ERRORS, **_UNREADABLE}, summary="One job")
 async def get_job(job_id: JobId, state: ControlState = Depends(get_state)) -> JobPublic:
     return JobPublic.from_record(await run_in_threadpool(_get, state, job_id))
 
@@ -139,7 +150,11 @@ async def cancel_job(job_id: JobId, state: ControlState = Depends(get_state)) ->
             return JobPublic.from_record(state.store.request_cancel(job_id))
         except JobNotFound as exc:
             raise HTTPException(404, f"no job {job_id}") from exc
+        except JobUnreadable as exc:
+            raise HTTPException(409, str(exc)) from exc
         except InvalidTransition as exc:
+            if exc.current == "unreadable":
+                raise HTTPException(409, f"the record of job {job_id} cannot be read: delete it") from exc
             raise HTTPException(409, f"job {job_id} already {exc.current}") from exc
     return await run_in_threadpool(cancel)
 
@@ -150,7 +165,12 @@ async def cancel_job(job_id: JobId, state: ControlState = Depends(get_state)) ->
 async def delete_job(job_id: JobId, state: ControlState = Depends(get_state)) -> Response:
     def delete() -> None:
         try:
-            state.store.delete(job_id)
+            try:
+                state.store.get(job_id)
+                unreadable = False
+            except JobUnreadable:
+                unreadable = True  # whatever state it claims, nothing can run it: it may go
+            state.store.delete(job_id, unreadable=unreadable)
         except JobNotFound as exc:
             raise HTTPException(404, f"no job {job_id}") from exc
         except InvalidTransition as exc:
