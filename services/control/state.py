@@ -20,6 +20,9 @@ from services.control.series import SeriesCache
 from services.control.settings import ControlSettings
 
 
+HEALTH_TIMEOUT_S = 0.5  # /healthz answers within about this (a checker kills a service that hangs)
+
+
 @dataclass
 class ControlState:
     settings: ControlSettings
@@ -31,6 +34,7 @@ class ControlState:
     celery: Celery
     series: SeriesCache = field(default_factory=SeriesCache)
     rates: PagesRate = field(default_factory=PagesRate)
+    health_redis: aioredis.Redis | None = None
 
     @classmethod
     def build(cls, settings: ControlSettings, token: str) -> "ControlState":
@@ -53,7 +57,12 @@ class ControlState:
                                                  retry=AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), 1),
                                                  **retry_once),
                    sync_redis=sync_client, store=JobStore(sync_client),
-                   metrics=Metrics(sync_client), celery=celery)
+                   metrics=Metrics(sync_client), celery=celery,
+                   # /healthz has a client of its own with short timeouts and no retry: a
+                   # Redis that does not answer is reported within a second, never waited for.
+                   health_redis=aioredis.Redis.from_url(settings.redis_url, socket_timeout=HEALTH_TIMEOUT_S,
+                                                        socket_connect_timeout=HEALTH_TIMEOUT_S,
+                                                        max_connections=8))
 
     def ensure_indexes(self) -> None:
         """Jobs recorded before the kind/state indexes existed are indexed once (the first
@@ -67,6 +76,8 @@ class ControlState:
                                   queue=redis_keys.GPU_QUEUE)
 
     async def close(self) -> None:
+        if self.health_redis is not None:
+            await self.health_redis.aclose()
         await self.redis.aclose()
         self.sync_redis.close()
 

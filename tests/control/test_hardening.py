@@ -186,3 +186,33 @@ def test_filtered_lists_read_an_index_that_follows_every_change(control, data_ro
             answer = client.get("/jobs?" + query).json()
             assert ([j["id"] for j in answer["jobs"]], answer["total"]) == want, query
         assert client.get("/jobs", params={"kind": "nope"}).status_code == 422
+
+
+def test_healthz_answers_redis_false_while_redis_is_frozen(tmp_path, data_root):
+    """SIGSTOP: the server keeps its sockets open and answers nothing, as a hung host does."""
+    import os
+    import signal
+    import time
+
+    from tests.control.conftest import ControlServer
+    from tests.helpers import RedisServer
+
+    redis_server = RedisServer(tmp_path / "redis").start()
+    server = ControlServer(redis_server.url, data_root).start()
+    try:
+        with server.client() as client:
+            assert client.get("/healthz").json()["redis"] is True
+            # A second's wait is a health checker's whole budget: the client gives up after it.
+            os.kill(redis_server.proc.pid, signal.SIGSTOP)
+            try:
+                answers = [httpx.get(server.base_url + "/healthz", timeout=1.0) for _ in range(3)]
+            finally:
+                os.kill(redis_server.proc.pid, signal.SIGCONT)
+            assert [(a.status_code, a.json()["redis"]) for a in answers] == [(200, False)] * 3
+            deadline = time.monotonic() + 10
+            while client.get("/healthz").json()["redis"] is not True:
+                assert time.monotonic() < deadline, "redis: true never came back after SIGCONT"
+                time.sleep(0.1)
+    finally:
+        server.stop()
+        redis_server.stop()
