@@ -1,6 +1,7 @@
 """Races, links, a broken record and a frozen Redis, against the real control service."""
 from __future__ import annotations
 
+import json
 import threading
 
 import httpx
@@ -216,3 +217,104 @@ def test_healthz_answers_redis_false_while_redis_is_frozen(tmp_path, data_root):
     finally:
         server.stop()
         redis_server.stop()
+
+
+async def _follow(client, url: str, events: list, opened) -> None:
+    """Reads one SSE stream to its end into ``events``; ``opened`` counts its first event."""
+    current: dict = {}
+    async with client.stream("GET", url) as response:
+        assert response.status_code == 200, response.status_code
+        async for line in response.aiter_lines():
+            if not line:
+                if "data" in current:
+                    events.append(current)
+                    if len(events) == 1:
+                        opened()
+                current = {}
+            elif not line.startswith(":"):
+                key, _, value = line.partition(":")
+                current[key] = value[1:] if value.startswith(" ") else value
+
+
+def test_many_followers_share_redis_readers_and_leave_the_api_up(control, data_root, redis_client):
+    import asyncio
+
+    (data_root / TRAIN["train_data"]).mkdir(parents=True)
+    store = JobStore(redis_client)
+    with control.client() as client:
+        jobs = [client.post("/jobs/train", json=TRAIN).json()["id"] for _ in range(2)]
+    for job_id in jobs:
+        store.transition(job_id, "running")
+    followers, steps = 200, 20
+    baseline = len(redis_client.client_list())
+
+    async def scenario():
+        opened = 0
+
+        def count():
+            nonlocal opened
+            opened += 1
+
+        limits = __import__("httpx").Limits(max_connections=None, max_keepalive_connections=None)
+        async with httpx.AsyncClient(base_url=control.base_url, headers=control.headers, timeout=60,
+                                     limits=limits) as client:
+            streams = [[] for _ in range(followers)]
+            tasks = [asyncio.create_task(_follow(client, f"/jobs/{jobs[i % 2]}/events", streams[i], count))
+                     for i in range(followers)]
+            deadline = asyncio.get_running_loop().time() + 120
+            while opened < followers:
+                assert not any(t.done() and t.exception() for t in tasks), [t.exception() for t in tasks if t.done()]
+                assert asyncio.get_running_loop().time() < deadline, f"{opened} of {followers} streams opened"
+                await asyncio.sleep(0.1)
+            # Every follower is listening: the API still answers, and Redis holds one reader
+            # per followed job (plus a few), not one connection per follower.
+            listed = await client.get("/jobs")
+            assert listed.status_code == 200 and listed.json()["total"] == 2
+            connections = len(redis_client.client_list()) - baseline
+            assert connections < followers // 2, connections
+            for step in range(steps):
+                for job_id in jobs:
+                    store.append_event(job_id, JobEvent(type="train_step", data={"step": step}))
+                await asyncio.sleep(0.01)
+            for job_id in jobs:
+                store.transition(job_id, "succeeded")
+            await asyncio.wait_for(asyncio.gather(*tasks), 120)
+            return streams
+
+    from shared.messages import JobEvent
+    streams = asyncio.run(scenario())
+    for i, events in enumerate(streams):
+        kinds = [e["event"] for e in events]
+        assert kinds == ["state", "state"] + ["train_step"] * steps + ["state"], (i, kinds)
+        assert [json.loads(e["data"])["data"]["step"] for e in events[2:-1]] == list(range(steps))
+        assert len({e["id"] for e in events}) == len(events)
+
+
+def test_followers_beyond_the_stated_capacity_get_503(redis_url, data_root, redis_client):
+    from tests.control.conftest import ControlServer
+
+    server = ControlServer(redis_url, data_root, env={"CNCLIP_CONTROL_SSE_MAX_FOLLOWERS": "2"}).start()
+    store = JobStore(redis_client)
+    try:
+        from shared.jobspec import TrainSpec
+        record, _ = store.create(TrainSpec(train_data="d"))
+        store.transition(record.id, "running")
+        url = f"{server.base_url}/jobs/{record.id}/events"
+        with httpx.stream("GET", url, headers=server.headers, timeout=30) as first, \
+                httpx.stream("GET", url, headers=server.headers, timeout=30) as second:
+            assert (first.status_code, second.status_code) == (200, 200)
+            # Both have joined (the readers are kept: a dropped one closes its stream).
+            readers = [first.iter_lines(), second.iter_lines()]
+            assert [next(r).startswith("id:") for r in readers] == [True, True]
+            third = httpx.get(url, headers=server.headers, timeout=30)
+            assert third.status_code == 503 and "too many" in third.json()["detail"]
+            assert third.headers["retry-after"] == "5"
+            with server.client() as client:
+                assert client.get("/jobs").status_code == 200
+        # Leaving frees the room.
+        store.transition(record.id, "succeeded")
+        with httpx.stream("GET", url, headers=server.headers, timeout=30) as again:
+            assert again.status_code == 200
+            assert [line for line in again.iter_lines() if line.startswith("event:")][-1] == "event: state"
+    finally:
+        server.stop()

@@ -1,18 +1,16 @@
 """The job API: submit, list, read, follow (SSE) and cancel jobs."""
 from __future__ import annotations
 
-import json
 import re
 from typing import Annotated, Any
 
-import redis as redis_lib
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 from sse_starlette.sse import EventSourceResponse
 
 from shared import redis_keys
-from shared.jobs import (TERMINAL, IdempotencyConflict, InvalidTransition, JobKind, JobNotFound, JobRecord,
+from shared.jobs import (IdempotencyConflict, InvalidTransition, JobKind, JobNotFound, JobRecord,
                          JobState, JobUnreadable, RunNameTaken, UnreadableJob, parse_event_fields)
 from shared.jobspec import IDEMPOTENCY_PATTERN, JobSpec, PredictSpec, TrainSpec
 from services.control.schemas import JobPublic, JobSummary, JobUnreadableSummary
@@ -189,7 +187,8 @@ async def job_series(job_id: JobId, state: ControlState = Depends(get_state)) ->
 @router.get("/{job_id}/events", responses={
     **_ERRORS, 200: {"description": "Server-sent events: one per job event (id = stream id, "
                                     "event = type, data = JobEvent JSON); ends when the job ends",
-                     "content": {"text/event-stream": {}}}},
+                     "content": {"text/event-stream": {}}},
+    503: {"model": ErrorBody, "description": "Too many event streams open (see the capacity in the docs)"}},
     summary="Follow a job's events (SSE)", response_class=EventSourceResponse)
 async def job_events(request: Request, job_id: JobId, state: ControlState = Depends(get_state),
                      after: Annotated[str | None, Query(pattern=STREAM_ID_PATTERN,
@@ -198,32 +197,10 @@ async def job_events(request: Request, job_id: JobId, state: ControlState = Depe
     if not await state.redis.exists(redis_keys.job(job_id)):
         raise HTTPException(404, f"no job {job_id}")
     start = after or (last_event_id if last_event_id and re.match(STREAM_ID_PATTERN, last_event_id) else "0")
-    return EventSourceResponse(_follow(state, job_id, start), ping=state.settings.sse_ping_s)
-
-
-async def _follow(state: ControlState, job_id: str, last: str):
-    key = redis_keys.job_events(job_id)
-    block_ms = int(state.settings.sse_ping_s * 1000)
-    while True:
-        try:
-            batches = await state.redis.xread({key: last}, count=500, block=block_ms)
-        except redis_lib.RedisError as exc:
-            yield {"event": "error", "data": json.dumps({"detail": str(exc)})}
-            return
-        ended = False
-        for _, entries in batches or []:
-            for entry_id, fields in entries:
-                last = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                try:
-                    event = parse_event_fields(fields)
-                except ValueError:
-                    continue
-                yield {"id": last, "event": event.type, "data": event.model_dump_json()}
-                if event.type == "state" and event.data.get("state") in TERMINAL:
-                    ended = True
-        if ended:
-            return
-        if not batches:
-            raw = await state.redis.hget(redis_keys.job(job_id), "state")
-            if raw is None or json.loads(raw) in TERMINAL:
-                return
+    refusal = state.followers.room_for(job_id)
+    if refusal:
+        raise HTTPException(503, f"too many event streams open: {refusal}; try again later",
+                            headers={"Retry-After": "5"})
+    # Followers of a job share one Redis reader (services/control/followers.py): however many
+    # there are, they hold no connection of the API's pool.
+    return EventSourceResponse(state.followers.follow(job_id, start), ping=state.settings.sse_ping_s)
