@@ -24,7 +24,17 @@ def _sample_path(path: str) -> str:
     return re.sub(r"\{[^}]+\}", lambda m: "0" if "rank" in m.group(0) else "20260101-000000-abcd", path)
 
 
-def test_everything_but_healthz_needs_the_token(control):
+@pytest.fixture()
+def unthrottled(redis_url, data_root):
+    """A server that lets many wrong tokens through (401, not 429): the test below tries every
+    route with one."""
+    server = ControlServer(redis_url, data_root, env={"CNCLIP_CONTROL_SIGN_IN_FAILURES": "100000"}).start()
+    yield server
+    server.stop()
+
+
+def test_everything_but_healthz_needs_the_token(unthrottled):
+    control = unthrottled
     with control.client() as client:
         schema = client.get("/openapi.json").json()
     routes = [(method.upper(), _sample_path(path)) for path, item in schema["paths"].items()

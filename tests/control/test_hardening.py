@@ -318,3 +318,35 @@ def test_followers_beyond_the_stated_capacity_get_503(redis_url, data_root, redi
             assert [line for line in again.iter_lines() if line.startswith("event:")][-1] == "event: state"
     finally:
         server.stop()
+
+
+def test_wrong_tokens_are_throttled_however_they_are_presented(redis_url, data_root):
+    import base64
+    import time
+
+    from tests.control.conftest import ControlServer
+
+    server = ControlServer(redis_url, data_root, env={"CNCLIP_CONTROL_SIGN_IN_FAILURES": "5",
+                                                      "CNCLIP_CONTROL_SIGN_IN_WINDOW_S": "3"}).start()
+    basic = "Basic " + base64.b64encode(b"any:guess").decode()
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=10) as client:
+            # One limiter: wrong bearer tokens, a wrong basic password, a forged cookie and the
+            # sign-in form all count towards the same five tries.
+            codes = [client.get("/jobs", headers={"Authorization": f"Bearer guess-{i}"}).status_code
+                     for i in range(2)]
+            codes.append(client.get("/jobs", headers={"Authorization": basic}).status_code)
+            codes.append(client.get("/api/status", headers={"Cookie": "cnclip_session=forged"}).status_code)
+            codes.append(client.post("/auth/session", data={"token": "guess-form"}).status_code)
+            assert codes == [401] * 5
+            blocked = [client.get("/jobs", headers={"Authorization": "Bearer guess-x"}),
+                       client.get("/jobs", headers={"Authorization": f"Bearer {server.token}"}),
+                       client.post("/auth/session", data={"token": server.token})]
+            assert [b.status_code for b in blocked] == [429] * 3
+            assert int(blocked[0].headers["retry-after"]) >= 1 and "too many" in blocked[0].json()["detail"]
+            # No credential at all is not a try: still a plain 401.
+            assert client.get("/jobs").status_code == 401
+            time.sleep(3.2)
+            assert client.get("/jobs", headers={"Authorization": f"Bearer {server.token}"}).status_code == 200
+    finally:
+        server.stop()
