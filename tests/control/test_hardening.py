@@ -350,3 +350,39 @@ def test_wrong_tokens_are_throttled_however_they_are_presented(redis_url, data_r
             assert client.get("/jobs", headers={"Authorization": f"Bearer {server.token}"}).status_code == 200
     finally:
         server.stop()
+
+
+def test_a_dead_crawlers_qr_code_expires_with_its_heartbeat(control, redis_client):
+    import time
+
+    from services.crawler import ranks
+    from shared.messages import LoginState
+
+    png = b"\x89PNG\r\n\x1a\n" + b"1" * 32
+    live = ranks.claim_rank(redis_client, "worker-live", 4, 60)
+    dead = ranks.claim_rank(redis_client, "worker-dead", 4, 1)  # stops refreshing: gone in 1 s
+    for rank in (live, dead):
+        state = LoginState(rank=rank, state="waiting_for_scan", qr_updated_at=time.time(),
+                           qr_expires_at=time.time() + 300)
+        redis_client.hset(redis_keys.crawler_login(rank), mapping=state.to_hash())
+        redis_client.sadd(redis_keys.crawler_ranks(), rank)
+        redis_client.set(redis_keys.crawler_qr(rank), png)
+    with control.client() as client:
+        views = {v["rank"]: v for v in client.get("/api/login").json()}
+        assert views[dead]["state"] == "waiting_for_scan" and views[dead]["has_qr"]
+        assert client.get(f"/login/{dead}/qr.png").status_code == 200
+        deadline = time.monotonic() + 10
+        while redis_client.exists(redis_keys.crawler_rank_claim(dead)):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        views = {v["rank"]: v for v in client.get("/api/login").json()}
+        assert views[dead]["state"] == "offline" and not views[dead]["has_qr"] and views[dead]["qr_url"] is None
+        assert views[live]["state"] == "waiting_for_scan" and views[live]["has_qr"]
+        gone = client.get(f"/login/{dead}/qr.png")
+        assert gone.status_code == 404 and "offline" in gone.json()["detail"]
+        assert client.get(f"/login/{live}/qr.png").content == png
+        assert not redis_client.exists(redis_keys.crawler_qr(dead))  # the code is gone from Redis
+        assert redis_client.exists(redis_keys.crawler_qr(live))
+        time.sleep(0.6)  # /api/status is cached for half a second
+        shown = {r["rank"]: r["state"] for r in client.get("/api/status").json()["crawler"]["ranks"]}
+        assert shown == {live: "waiting_for_scan", dead: "offline"}

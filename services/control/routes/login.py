@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, Response
 from sse_starlette.sse import EventSourceResponse
 
 from shared import redis_keys
-from services.control.crawler_pool import login_state, login_view, login_views
+from services.control.crawler_pool import drop_dead_qr, live_login_views, login_state, login_views, ranks_alive
 from services.control.security import COMMON_RESPONSES, bearer
 from services.control.state import ControlState, get_state
 
@@ -27,6 +27,9 @@ async def login_api(state: ControlState = Depends(get_state)) -> list[dict[str, 
             responses={200: {"content": {"image/png": {}}}, 404: {"description": "No code shown"}},
             response_class=Response)
 async def qr_png(rank: Rank, state: ControlState = Depends(get_state)) -> Response:
+    if not (await ranks_alive(state.redis, [rank]))[rank]:
+        await drop_dead_qr(state.redis, rank)
+        raise HTTPException(404, f"rank {rank} is offline: no crawler holds it, so it shows no QR code")
     data = await state.redis.get(redis_keys.crawler_qr(rank))
     if not data:
         raise HTTPException(404, f"rank {rank} shows no QR code")
@@ -57,8 +60,8 @@ async def login_events(request: Request, state: ControlState = Depends(get_state
                         continue
                     current = await login_state(state.redis, rank)
                     if current is not None:
-                        has_qr = bool(await state.redis.exists(redis_keys.crawler_qr(rank)))
-                        yield {"event": "rank", "data": json.dumps(login_view(current, has_qr))}
+                        view = (await live_login_views(state.redis, [current]))[0]
+                        yield {"event": "rank", "data": json.dumps(view)}
                 if loop.time() - last_snapshot > 30:
                     last_snapshot = loop.time()
                     yield {"event": "snapshot", "data": json.dumps(await login_views(state.redis))}
