@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 from dataclasses import dataclass
 import time
 from typing import Annotated, Any, Iterable, Literal
@@ -179,6 +180,10 @@ if KEYS[5] ~= '' then
   redis.call('SET', KEYS[5], ARGV[1])
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+if redis.call('ZCARD', KEYS[2]) == 0 then
+  -- The first job of a fresh Redis: no older job lacks the kind/state indexes.
+  redis.call('SET', ARGV[6] .. 'version', '1')
+end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 local kind = cjson.decode(redis.call('HGET', KEYS[1], 'kind'))
 redis.call('ZADD', ARGV[6] .. kind .. ':*', ARGV[2], ARGV[1])
@@ -325,6 +330,7 @@ class JobStore:
         self._append = client.register_script(_APPEND)
         self._delete = client.register_script(_DELETE)
         self._indexed = False  # whether ensure_indexes found (or made) the kind/state indexes
+        self._indexing = threading.Lock()
 
     # ---- create / read ------------------------------------------------------------------
     def create(self, spec: JobSpec, *, idempotency_key: str | None = None,
@@ -425,6 +431,12 @@ class JobStore:
     def ensure_indexes(self) -> int:
         """Indexes by kind and state every job recorded before those indexes existed (once per
         Redis; later jobs are indexed by the scripts that write them). Returns how many."""
+        if self._indexed:
+            return 0
+        with self._indexing:  # callers at once wait for one pass
+            return self._index_older_jobs()
+
+    def _index_older_jobs(self) -> int:
         if self._indexed or self.client.exists(redis_keys.jobs_index_version()):
             self._indexed = True
             return 0

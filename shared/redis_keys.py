@@ -110,4 +110,4 @@ def jobs_index_by_prefix() -> str:
 
 def jobs_index_version() -> str:
     """String: set once the kind/state indexes hold every job (older data is indexed at start)."""
-    return f"{PREFIX}:jobs:by-version"
+    return f"{jobs_index_by_prefix()}version"  # the create script builds it the same way
