@@ -16,6 +16,7 @@ from shared.jobs import JobStore
 from shared.tasks import RUN_JOB_TASK
 from services.control.crawler_pool import PagesRate
 from services.control.followers import FollowerHub
+from services.control.login_feed import LoginFeed
 from services.control.metrics import Metrics
 from services.control.series import SeriesCache
 from services.control.settings import ControlSettings
@@ -38,6 +39,7 @@ class ControlState:
     rates: PagesRate = field(default_factory=PagesRate)
     health_redis: aioredis.Redis | None = None
     followers: FollowerHub | None = None
+    login_feed: LoginFeed | None = None
 
     @classmethod
     def build(cls, settings: ControlSettings, token: str) -> "ControlState":
@@ -72,6 +74,10 @@ class ControlState:
                                          max_followers=settings.sse_max_followers,
                                          queue_batches=settings.sse_queue_batches, block_s=settings.sse_ping_s))
 
+    def __post_init__(self) -> None:
+        if self.login_feed is None:
+            self.login_feed = LoginFeed(self.settings.redis_url, self.redis)
+
     def ensure_indexes(self) -> None:
         """Jobs recorded before the kind/state indexes existed are indexed once (the first
         list after start; not at start, which must not need Redis)."""
@@ -86,6 +92,8 @@ class ControlState:
     async def close(self) -> None:
         if self.followers is not None:
             await self.followers.close()
+        if self.login_feed is not None:
+            await self.login_feed.close()
         if self.health_redis is not None:
             await self.health_redis.aclose()
         await self.redis.aclose(close_connection_pool=True)

@@ -386,3 +386,61 @@ def test_a_dead_crawlers_qr_code_expires_with_its_heartbeat(control, redis_clien
         time.sleep(0.6)  # /api/status is cached for half a second
         shown = {r["rank"]: r["state"] for r in client.get("/api/status").json()["crawler"]["ranks"]}
         assert shown == {live: "waiting_for_scan", dead: "offline"}
+
+
+def test_many_login_pages_share_one_subscription(control, redis_client):
+    import asyncio
+    import time
+
+    from shared.messages import LoginState
+
+    pages = 200
+    redis_client.set(redis_keys.crawler_rank_claim(0), "worker-0", ex=60)
+    redis_client.hset(redis_keys.crawler_login(0), mapping=LoginState(rank=0, state="starting").to_hash())
+    redis_client.sadd(redis_keys.crawler_ranks(), 0)
+    baseline = len(redis_client.client_list())
+
+    async def scenario():
+        opened = 0
+
+        def count():
+            nonlocal opened
+            opened += 1
+
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        async with httpx.AsyncClient(base_url=control.base_url, headers=control.headers, timeout=60,
+                                     limits=limits) as client:
+            streams = [[] for _ in range(pages)]
+
+            async def page(events):
+                try:
+                    await _follow(client, "/api/login/events", events, count)
+                except asyncio.CancelledError:
+                    pass
+
+            tasks = [asyncio.create_task(page(streams[i])) for i in range(pages)]
+            deadline = asyncio.get_running_loop().time() + 120
+            while opened < pages:
+                assert asyncio.get_running_loop().time() < deadline, f"{opened} of {pages} pages opened"
+                await asyncio.sleep(0.1)
+            connections = len(redis_client.client_list()) - baseline
+            assert (await client.get("/jobs")).status_code == 200
+            # What a crawler does when its rank's state changes.
+            state = LoginState(rank=0, state="waiting_for_scan", qr_updated_at=time.time())
+            redis_client.hset(redis_keys.crawler_login(0), mapping=state.to_hash())
+            redis_client.publish(redis_keys.crawler_login_channel(), "0")
+            while not all(any(e["event"] == "rank" for e in s) for s in streams):
+                assert asyncio.get_running_loop().time() < deadline, "a page missed the change"
+                assert not any(t.done() for t in tasks), "a page's stream was cut"
+                await asyncio.sleep(0.1)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks)
+            return streams, connections
+
+    streams, connections = asyncio.run(scenario())
+    assert connections < pages // 2, connections
+    for events in streams:
+        assert events[0]["event"] == "snapshot"
+        ranks = [json.loads(e["data"]) for e in events if e["event"] == "rank"]
+        assert ranks[-1]["state"] == "waiting_for_scan"

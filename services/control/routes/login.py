@@ -10,7 +10,8 @@ from fastapi.responses import HTMLResponse, Response
 from sse_starlette.sse import EventSourceResponse
 
 from shared import redis_keys
-from services.control.crawler_pool import drop_dead_qr, live_login_views, login_state, login_views, ranks_alive
+from services.control.crawler_pool import drop_dead_qr, login_views, ranks_alive
+from services.control.login_feed import SNAPSHOT
 from services.control.security import COMMON_RESPONSES, bearer
 from services.control.state import ControlState, get_state
 
@@ -45,29 +46,24 @@ async def login_events(request: Request, state: ControlState = Depends(get_state
     notification was missed."""
 
     async def stream():
-        pubsub = state.redis.pubsub()
-        await pubsub.subscribe(redis_keys.crawler_login_channel())
+        # One shared subscription feeds every open page (services/control/login_feed.py).
+        queue = state.login_feed.join()
         try:
             yield {"event": "snapshot", "data": json.dumps(await login_views(state.redis))}
             loop = asyncio.get_running_loop()
             last_snapshot = loop.time()
             while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if message is not None:
-                    try:
-                        rank = int(message["data"])
-                    except (TypeError, ValueError):
-                        continue
-                    current = await login_state(state.redis, rank)
-                    if current is not None:
-                        view = (await live_login_views(state.redis, [current]))[0]
-                        yield {"event": "rank", "data": json.dumps(view)}
-                if loop.time() - last_snapshot > 30:
+                try:
+                    view = await asyncio.wait_for(queue.get(), timeout=1.0)
+                except asyncio.TimeoutError:
+                    view = None
+                if view == SNAPSHOT or (view is None and loop.time() - last_snapshot > 30):
                     last_snapshot = loop.time()
                     yield {"event": "snapshot", "data": json.dumps(await login_views(state.redis))}
+                elif view is not None:
+                    yield {"event": "rank", "data": json.dumps(view)}
         finally:
-            await pubsub.unsubscribe()
-            await pubsub.aclose()
+            state.login_feed.leave(queue)
 
     return EventSourceResponse(stream(), ping=state.settings.sse_ping_s)
 
