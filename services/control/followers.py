@@ -22,6 +22,7 @@ from typing import Any, AsyncIterator
 
 import redis as redis_lib
 import redis.asyncio as aioredis
+from sse_starlette.event import ServerSentEvent
 
 from shared import redis_keys
 from shared.jobs import TERMINAL, parse_event_fields
@@ -130,8 +131,8 @@ class FollowerHub:
             return f"{len(self._feeds)} jobs are followed already (the most is {self.max_streams})"
         return None
 
-    async def follow(self, job_id: str, after: str) -> AsyncIterator[dict[str, str]]:
-        """The job's events after ``after`` as SSE dicts, ending when the job ends (an
+    async def follow(self, job_id: str, after: str) -> AsyncIterator[bytes | dict[str, str]]:
+        """The job's events after ``after``, written as SSE, ending when the job ends (an
         ``error`` event first when Redis fails, or when the room was taken meanwhile)."""
         try:
             feed, follower = await self._join(job_id)
@@ -178,26 +179,30 @@ class FollowerHub:
         if self._feeds.get(feed.job_id) is feed:
             del self._feeds[feed.job_id]
 
-    async def _events(self, feed: _Feed, follower: _Follower, after: str) -> AsyncIterator[dict[str, str]]:
+    async def _events(self, feed: _Feed, follower: _Follower, after: str) -> AsyncIterator[bytes | dict[str, str]]:
         last = stream_id(after)
         ended = False
 
-        def fresh(events):
+        def fresh(events) -> bytes:
+            """The events after ``last``, written as one chunk (one send for a whole batch)."""
             nonlocal last, ended
-            for position, item, terminal in events:
+            chunk = []
+            for position, encoded, terminal in events:
                 if position <= last:
                     continue
                 last = position
-                if item is None:  # an entry that is not an event
+                if encoded is None:  # an entry that is not an event
                     continue
                 ended = ended or terminal
-                yield item
+                chunk.append(encoded)
+            return b"".join(chunk)
 
         async def catch_up():
             while True:
                 got = await self.reads.xrange(feed.key, min=f"({last[0]}-{last[1]}", count=CATCH_UP_COUNT)
-                for item in fresh([sse_event(i, f) for i, f in got]):
-                    yield item
+                chunk = fresh([sse_event(i, f) for i, f in got])
+                if chunk:
+                    yield chunk
                 if len(got) < CATCH_UP_COUNT or ended:
                     return
 
@@ -212,8 +217,9 @@ class FollowerHub:
                 return  # the reader stopped (it said why, if it could) and nothing is left
             kind, payload = await follower.queue.get()
             if kind == "entries":
-                for item in fresh(payload):
-                    yield item
+                chunk = fresh(payload)
+                if chunk:
+                    yield chunk
             elif kind == "lagged":
                 follower.lagged = False
                 try:
@@ -239,16 +245,17 @@ class FollowerHub:
         await self.reads.aclose(close_connection_pool=True)
 
 
-def sse_event(entry_id: Any, fields: dict) -> tuple[tuple[int, int], dict[str, str] | None, bool]:
-    """(stream position, the SSE event or None when the entry is not an event, whether it
-    ends the job)."""
+def sse_event(entry_id: Any, fields: dict) -> tuple[tuple[int, int], bytes | None, bool]:
+    """(stream position, the event written as SSE, or None when the entry is not an event,
+    whether it ends the job). Written once by the reader, sent as is to every follower."""
     position = stream_id(entry_id)
     try:
         event = parse_event_fields(fields)
     except ValueError:
         return position, None, False
     terminal = event.type == "state" and event.data.get("state") in TERMINAL
-    return position, {"id": _text(entry_id), "event": event.type, "data": event.model_dump_json()}, terminal
+    encoded = ServerSentEvent(data=event.model_dump_json(), event=event.type, id=_text(entry_id)).encode()
+    return position, encoded, terminal
 
 
 def _text(value: Any) -> str:
