@@ -22,6 +22,8 @@ from typing import Any, AsyncIterator
 
 import redis as redis_lib
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from sse_starlette.event import ServerSentEvent
 
 from shared import redis_keys
@@ -111,7 +113,11 @@ class FollowerHub:
         # Pools of their own, never the API's: one connection per followed job blocks in
         # XREAD; the followers' short catch-up reads share CATCH_UP_CONNECTIONS (a burst of
         # joining followers waits for one of those instead of opening one each).
-        options = dict(socket_timeout=block_s + 30, socket_connect_timeout=10, health_check_interval=30)
+        # As the API's client: after a Redis restart a command tries once more on a fresh
+        # connection instead of ending every follower's stream.
+        options = dict(socket_timeout=block_s + 30, socket_connect_timeout=10, health_check_interval=30,
+                       retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
+                       retry_on_error=[redis_lib.ConnectionError])
         self.client = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
             redis_url, max_connections=max_streams, timeout=block_s + 30, **options))
         self.reads = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
