@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
+from dataclasses import dataclass
 import time
-from typing import Annotated, Any, Iterable, Literal
+from typing import Annotated, Any, Iterable, Literal, get_args
 
 import redis as redis_lib
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from shared import redis_keys
 from shared.jobspec import IndexSpec, JobSpec, PredictSpec, TrainSpec
@@ -22,7 +24,8 @@ from shared.messages import JobEvent
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JobKind = Literal["train", "predict", "index"]
-STATES: tuple[JobState, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
+STATES: tuple[JobState, ...] = get_args(JobState)
+JOB_KINDS: tuple[JobKind, ...] = get_args(JobKind)  # each has its own index of jobs
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 TRANSITIONS: dict[str, frozenset[str]] = {
     "queued": frozenset({"running", "cancelled", "failed"}),
@@ -103,11 +106,49 @@ class JobNotFound(KeyError):
     pass
 
 
+class JobUnreadable(ValueError):
+    """The stored record of a job cannot be read (not JSON, not a record, not a hash)."""
+
+    def __init__(self, job_id: str, reason: str):
+        super().__init__(f"the record of job {job_id} cannot be read: {reason}")
+        self.job_id = job_id
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class UnreadableJob:
+    """Stands in a list for a record that cannot be read, so the rest can still be shown."""
+
+    id: str
+    reason: str
+    state: str = "unreadable"
+
+
+def read_record(job_id: str, data: dict[Any, Any]) -> "JobRecord":
+    """The record of a hash, or JobUnreadable saying what is wrong with it."""
+    try:
+        return JobRecord.from_hash(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}"
+                             for e in exc.errors()[:5])
+        raise JobUnreadable(job_id, problems) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise JobUnreadable(job_id, f"a field is not JSON ({exc})") from None
+
+
 class InvalidTransition(RuntimeError):
     def __init__(self, job_id: str, current: str, wanted: str):
         super().__init__(f"job {job_id} is {current}; it cannot become {wanted}")
         self.current = current
         self.wanted = wanted
+
+
+class RunNameTaken(RuntimeError):
+    def __init__(self, name: str, job_id: str):
+        super().__init__(f"a run named {name!r} is already held by job {job_id}; choose another "
+                         "name or set continue_run to continue it")
+        self.name = name
+        self.job_id = job_id
 
 
 class IdempotencyConflict(RuntimeError):
@@ -121,35 +162,64 @@ def new_job_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(4)
 
 
-# KEYS: job hash, jobs index, events stream, idempotency key (or "" when none)
-# ARGV: job id, created_at, fingerprint, events maxlen, state event json, field/value pairs...
+# KEYS: job hash, jobs index, events stream, idempotency key (or "" when none),
+#       run name reservation (or "" when the job starts no new named run)
+# ARGV: job id, created_at, fingerprint, events maxlen, state event json, kind/state index
+#       prefix, field/value pairs...
+# Returns the job id, the earlier job's id (same idempotency key), or "!run:<holder>" when
+# another job holds the run name: the check and the reservation are one step, so two
+# submissions of one new name cannot both pass.
 _CREATE = """
 if KEYS[4] ~= '' then
   local existing = redis.call('GET', KEYS[4])
   if existing then return existing end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+if KEYS[5] ~= '' then
+  local holder = redis.call('GET', KEYS[5])
+  if holder then return '!run:' .. holder end
+  redis.call('SET', KEYS[5], ARGV[1])
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+if redis.call('ZCARD', KEYS[2]) == 0 then
+  -- The first job of a fresh Redis: no older job lacks the kind/state indexes.
+  redis.call('SET', ARGV[6] .. 'version', '1')
+end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+local kind = cjson.decode(redis.call('HGET', KEYS[1], 'kind'))
+redis.call('ZADD', ARGV[6] .. kind .. ':*', ARGV[2], ARGV[1])
+redis.call('ZADD', ARGV[6] .. '*:queued', ARGV[2], ARGV[1])
+redis.call('ZADD', ARGV[6] .. kind .. ':queued', ARGV[2], ARGV[1])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'event', ARGV[5])
 if KEYS[4] ~= '' then redis.call('SET', KEYS[4], ARGV[1]) end
 return ARGV[1]
 """
 
 # KEYS: job hash, events stream
-# ARGV: allowed current states (json list), new state, events maxlen, state event json
-#       (or ''), field/value pairs...
+# ARGV: allowed current states (json list), new state (or '' to keep it), events maxlen,
+#       state event json (or ''), kind/state index prefix, job id, field/value pairs...
+# The job moves between the kind/state indexes in the same step.
 
 # Returns {1, state} on success, {0, current state} when the job is in another state,
 # {-1, ''} when the job does not exist.
 _TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'state')
 if not current then return {-1, ''} end
-current = cjson.decode(current)
+local readable, decoded = pcall(cjson.decode, current)
+if not readable or type(decoded) ~= 'string' then return {0, 'unreadable'} end
+current = decoded
 local allowed = cjson.decode(ARGV[1])
 local ok = false
 for _, s in ipairs(allowed) do if s == current then ok = true end end
 if not ok then return {0, current} end
-if #ARGV >= 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 5)) end
+if #ARGV >= 7 then redis.call('HSET', KEYS[1], unpack(ARGV, 7)) end
+if ARGV[2] ~= '' and ARGV[2] ~= current then
+  local kind = cjson.decode(redis.call('HGET', KEYS[1], 'kind'))
+  local score = tonumber(redis.call('HGET', KEYS[1], 'created_at')) or 0
+  for _, family in ipairs({'*', kind}) do
+    redis.call('ZREM', ARGV[5] .. family .. ':' .. current, ARGV[6])
+    redis.call('ZADD', ARGV[5] .. family .. ':' .. ARGV[2], score, ARGV[6])
+  end
+end
 if ARGV[4] ~= '' then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'event', ARGV[4])
 end
@@ -186,22 +256,55 @@ end
 return last
 """
 
-# KEYS: job hash, events stream, events bytes counter, cancel flag, jobs index
-# ARGV: job id
+# KEYS: job hash, events stream, events bytes counter, cancel flag, jobs index, then every
+#       kind/state index
+# ARGV: job id, '1' to delete whatever the state (a record the caller found unreadable)
 # Deletes a finished job's record and events. Returns {1, state}, {0, state} when the job has
-# not finished, {-1, ''} when there is no such job.
+# not finished, {-1, ''} when there is no such job. A record that cannot be read (no state, a
+# state that is not JSON, not a hash at all) can be deleted too: nothing could run it.
 _DELETE = """
-local current = redis.call('HGET', KEYS[1], 'state')
-if not current then return {-1, ''} end
-current = cjson.decode(current)
-if current ~= 'succeeded' and current ~= 'failed' and current ~= 'cancelled' then
+local kind_of = redis.call('TYPE', KEYS[1])['ok']
+if kind_of == 'none' then return {-1, ''} end
+local current = 'unreadable'
+local key, spec = nil, nil
+if kind_of == 'hash' then
+  local decoded, value = pcall(cjson.decode, redis.call('HGET', KEYS[1], 'state') or '')
+  if decoded and type(value) == 'string' then current = value end
+  key = redis.call('HGET', KEYS[1], 'idempotency_key')
+  spec = redis.call('HGET', KEYS[1], 'spec')
+end
+if ARGV[2] ~= '1' and current ~= 'succeeded' and current ~= 'failed' and current ~= 'cancelled'
+    and current ~= 'unreadable' then
   return {0, current}
 end
-local key = redis.call('HGET', KEYS[1], 'idempotency_key')
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
-redis.call('ZREM', KEYS[5], ARGV[1])
-return {1, current, key or 'null'}
+for i = 5, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
+return {1, current, key or 'null', spec or 'null'}
 """
+
+
+_DELETE_IF_MINE = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
+                   "return redis.call('DEL', KEYS[1]) end return 0")
+
+
+def _every_filtered_index() -> list[str]:
+    return [redis_keys.jobs_index_by(kind, state) for kind in (None, *JOB_KINDS)
+            for state in (None, *STATES) if kind or state]
+
+
+def _json_or_none(raw: Any) -> Any:
+    try:
+        return json.loads(raw)
+    except (TypeError, ValueError):
+        return None
+
+
+def reserved_run_name(spec: JobSpec) -> str | None:
+    """The run name a job must hold alone: a training job's new named run (one continuing a
+    run shares it on purpose; an unnamed run is named after its unique job id)."""
+    if isinstance(spec, TrainSpec) and spec.name and not spec.continue_run:
+        return spec.name
+    return None
 
 
 def cap_event(event: JobEvent) -> str:
@@ -226,6 +329,8 @@ class JobStore:
         self._transition = client.register_script(_TRANSITION)
         self._append = client.register_script(_APPEND)
         self._delete = client.register_script(_DELETE)
+        self._indexed = False  # whether ensure_indexes found (or made) the kind/state indexes
+        self._indexing = threading.Lock()
 
     # ---- create / read ------------------------------------------------------------------
     def create(self, spec: JobSpec, *, idempotency_key: str | None = None,
@@ -237,12 +342,16 @@ class JobStore:
                            idempotency_key=key, fingerprint=spec.fingerprint())
         event = JobEvent(type="state", job_id=record.id, data={"state": "queued", "reason": ""})
         fields = [x for pair in record.to_hash().items() for x in pair]
+        run = reserved_run_name(spec)
         got = self._create(
             keys=[redis_keys.job(record.id), redis_keys.jobs_index(),
-                  redis_keys.job_events(record.id), redis_keys.idempotency(key) if key else ""],
+                  redis_keys.job_events(record.id), redis_keys.idempotency(key) if key else "",
+                  redis_keys.run_name(run) if run else ""],
             args=[record.id, record.created_at, record.fingerprint, EVENTS_MAXLEN,
-                  event.model_dump_json(), *fields])
+                  event.model_dump_json(), redis_keys.jobs_index_by_prefix(), *fields])
         got_id = got.decode() if isinstance(got, bytes) else str(got)
+        if got_id.startswith("!run:"):
+            raise RunNameTaken(run or "", got_id[len("!run:"):])
         if got_id == record.id:
             return record, True
         existing = self.get(got_id)
@@ -251,10 +360,14 @@ class JobStore:
         return existing, False
 
     def get(self, job_id: str) -> JobRecord:
-        data = self.client.hgetall(redis_keys.job(job_id))
+        """Raises JobNotFound, or JobUnreadable when the stored record cannot be read."""
+        try:
+            data = self.client.hgetall(redis_keys.job(job_id))
+        except redis_lib.ResponseError as exc:  # the key holds something else than a hash
+            raise JobUnreadable(job_id, str(exc)) from exc
         if not data:
             raise JobNotFound(job_id)
-        return JobRecord.from_hash(data)
+        return read_record(job_id, data)
 
     def exists(self, job_id: str) -> bool:
         return bool(self.client.exists(redis_keys.job(job_id)))
@@ -264,32 +377,90 @@ class JobStore:
         raw = self.client.zrevrange(redis_keys.jobs_index(), offset, offset + limit - 1)
         return [r.decode() if isinstance(r, bytes) else r for r in raw]
 
-    def list(self, limit: int = 100, offset: int = 0, state: str | None = None) -> list[JobRecord]:
-        records = self.many(self.ids(limit=limit if state is None else 10_000, offset=offset))
-        if state is not None:
-            records = [r for r in records if r.state == state][:limit]
-        return records
+    def filtered_ids(self, limit: int = 100, offset: int = 0, state: str | None = None,
+                     kind: str | None = None) -> tuple[list[str], int]:
+        """A page of ids (newest first) of the jobs of ``state`` and/or ``kind``, and how many
+        there are in all: one index read, whatever the number of jobs."""
+        key = redis_keys.jobs_index_by(kind, state) if (state or kind) else redis_keys.jobs_index()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrevrange(key, offset, offset + limit - 1)
+        pipe.zcard(key)
+        raw, total = pipe.execute()
+        return [r.decode() if isinstance(r, bytes) else r for r in raw], int(total)
+
+    def list(self, limit: int = 100, offset: int = 0, state: str | None = None,
+             kind: str | None = None) -> list[JobRecord]:
+        return self.many(self.filtered_ids(limit, offset, state, kind)[0])
 
     def many(self, job_ids: Iterable[str]) -> list[JobRecord]:
+        """The readable records of ``job_ids`` (gone and unreadable ones left out)."""
+        return [r for r in self.many_or_unreadable(job_ids) if isinstance(r, JobRecord)]
+
+    def many_or_unreadable(self, job_ids: Iterable[str]) -> list["JobRecord | UnreadableJob"]:
+        """Each record of ``job_ids`` that exists, in order; one that cannot be read is
+        reported as an UnreadableJob with the reason instead of failing the whole read."""
         job_ids = list(job_ids)
         pipe = self.client.pipeline(transaction=False)
         for job_id in job_ids:
             pipe.hgetall(redis_keys.job(job_id))
-        return [JobRecord.from_hash(d) for d in pipe.execute() if d]
+        out: list[JobRecord | UnreadableJob] = []
+        for job_id, data in zip(job_ids, pipe.execute(raise_on_error=False)):
+            if isinstance(data, Exception):
+                out.append(UnreadableJob(job_id, str(data)))
+                continue
+            if not data:
+                continue
+            try:
+                out.append(read_record(job_id, data))
+            except JobUnreadable as exc:
+                out.append(UnreadableJob(job_id, exc.reason))
+        return out
 
     def in_state(self, *states: str) -> list[JobRecord]:
-        return [r for r in self.many(self.ids(limit=100_000)) if r.state in states]
+        self.ensure_indexes()
+        ids = [i for state in states for i in self.filtered_ids(1_000_000, 0, state)[0]]
+        return [r for r in self.many(ids) if r.state in states]
 
     def counts(self) -> dict[str, int]:
-        ids = self.ids(limit=100_000)
+        self.ensure_indexes()
+        pipe = self.client.pipeline(transaction=False)
+        for state in STATES:
+            pipe.zcard(redis_keys.jobs_index_by(None, state))
+        return dict(zip(STATES, (int(n) for n in pipe.execute())))
+
+    def ensure_indexes(self) -> int:
+        """Indexes by kind and state every job recorded before those indexes existed (once per
+        Redis; later jobs are indexed by the scripts that write them). Returns how many."""
+        if self._indexed:
+            return 0
+        with self._indexing:  # callers at once wait for one pass
+            return self._index_older_jobs()
+
+    def _index_older_jobs(self) -> int:
+        if self._indexed or self.client.exists(redis_keys.jobs_index_version()):
+            self._indexed = True
+            return 0
+        ids = self.ids(limit=10_000_000)
         pipe = self.client.pipeline(transaction=False)
         for job_id in ids:
-            pipe.hget(redis_keys.job(job_id), "state")
-        counts = {s: 0 for s in STATES}
-        for raw in pipe.execute():
-            if raw:
-                counts[json.loads(raw)] = counts.get(json.loads(raw), 0) + 1
-        return counts
+            pipe.hmget(redis_keys.job(job_id), ["kind", "state", "created_at"])
+        indexed = 0
+        write = self.client.pipeline(transaction=False)
+        for job_id, values in zip(ids, pipe.execute(raise_on_error=False)):
+            if isinstance(values, Exception):
+                continue
+            kind, state, created = (_json_or_none(v) for v in values)
+            if kind not in JOB_KINDS or state not in STATES:
+                continue
+            score = float(created) if isinstance(created, (int, float)) else 0.0
+            for key in (redis_keys.jobs_index_by(kind), redis_keys.jobs_index_by(None, state),
+                        redis_keys.jobs_index_by(kind, state)):
+                write.zadd(key, {job_id: score})
+            indexed += 1
+        write.set(redis_keys.jobs_index_version(), "1")
+        write.execute()
+        self._indexed = True
+        return indexed
 
     # ---- change -------------------------------------------------------------------------
     def transition(self, job_id: str, new_state: JobState, *, reason: str = "",
@@ -309,7 +480,8 @@ class JobStore:
         flat = [x for k, v in updates.items() for x in (k, json.dumps(v))]
         status, value = self._transition(
             keys=[redis_keys.job(job_id), redis_keys.job_events(job_id)],
-            args=[json.dumps(allowed), new_state, EVENTS_MAXLEN, event.model_dump_json(), *flat])
+            args=[json.dumps(allowed), new_state, EVENTS_MAXLEN, event.model_dump_json(),
+                  redis_keys.jobs_index_by_prefix(), job_id, *flat])
         value = value.decode() if isinstance(value, bytes) else value
         if status == -1:
             raise JobNotFound(job_id)
@@ -323,25 +495,31 @@ class JobStore:
             pipe.execute()
         return self.get(job_id)
 
-    def delete(self, job_id: str) -> str:
+    def delete(self, job_id: str, *, unreadable: bool = False) -> str:
         """Removes a finished job's record, events and idempotency key. Returns the state it
-        had; raises JobNotFound, or InvalidTransition when it has not finished (cancel first)."""
+        had; raises JobNotFound, or InvalidTransition when it has not finished (cancel first).
+        ``unreadable``: the caller found the record unreadable; it goes whatever its state says
+        (nothing can run a job whose record cannot be read)."""
         result = self._delete(
             keys=[redis_keys.job(job_id), redis_keys.job_events(job_id),
                   redis_keys.job_events_bytes(job_id), redis_keys.job_cancel(job_id),
-                  redis_keys.jobs_index()], args=[job_id])
+                  redis_keys.jobs_index(), *_every_filtered_index()], args=[job_id, "1" if unreadable else "0"])
         status, value = result[0], result[1]
         value = value.decode() if isinstance(value, bytes) else value
         if status == -1:
             raise JobNotFound(job_id)
         if status == 0:
             raise InvalidTransition(job_id, value, "deleted")
-        key = json.loads(result[2])
-        if key:
+        key = _json_or_none(result[2])
+        if isinstance(key, str) and key:
             # The key may since name another job: only our own mapping goes.
-            self.client.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then "
-                             "return redis.call('DEL', KEYS[1]) end return 0", 1,
-                             redis_keys.idempotency(key), job_id)
+            self.client.eval(_DELETE_IF_MINE, 1, redis_keys.idempotency(key), job_id)
+        spec = _json_or_none(result[3])
+        name = spec.get("name") if isinstance(spec, dict) else None
+        if isinstance(name, str) and name:
+            # The run's folder (if it was made) still refuses the name on disk; a run that never
+            # wrote anything gives its name back with its record.
+            self.client.eval(_DELETE_IF_MINE, 1, redis_keys.run_name(name), job_id)
         return value
 
     def update(self, job_id: str, *, only_in: Iterable[str] = ("running",), **fields: Any) -> bool:
@@ -349,7 +527,7 @@ class JobStore:
         event). Returns False when the job has moved on meanwhile."""
         status, _ = self._transition(
             keys=[redis_keys.job(job_id), redis_keys.job_events(job_id)],
-            args=[json.dumps(list(only_in)), "", EVENTS_MAXLEN, "",
+            args=[json.dumps(list(only_in)), "", EVENTS_MAXLEN, "", redis_keys.jobs_index_by_prefix(), job_id,
                   *[x for k, v in fields.items() for x in (k, json.dumps(v))]])
         return status == 1
 
@@ -396,6 +574,7 @@ def parse_event_fields(fields: dict[Any, Any]) -> JobEvent:
 
 
 __all__ = ["JobRecord", "JobStore", "JobState", "STATES", "TERMINAL", "TRANSITIONS",
-           "JobNotFound", "InvalidTransition", "IdempotencyConflict", "new_job_id",
+           "JobNotFound", "JobUnreadable", "UnreadableJob", "read_record", "JOB_KINDS", "InvalidTransition",
+           "IdempotencyConflict", "RunNameTaken", "new_job_id", "reserved_run_name",
            "TrainSpec", "PredictSpec", "IndexSpec", "parse_event_fields", "LOG_TAIL_LINES", "EVENT_MAX_BYTES",
            "STREAM_MAX_BYTES", "cap_event"]

@@ -63,6 +63,25 @@ def resolve_under(data_root: Path, relative: str) -> Path:
     return target
 
 
+class OutputThroughLink(PathOutsideDataRoot):
+    """An output path that is, or passes through, a symbolic link: even a link that stays
+    inside the data root would let a job overwrite a data set or its own inputs."""
+
+
+def output_under(data_root: Path, relative: str) -> Path:
+    """The absolute path a job writes ``relative`` to. Every part of it below the (resolved)
+    data root is looked at without following links, and one that is a link is refused: the
+    path returned names no link, so what the job writes lands where the path says."""
+    root = Path(data_root).resolve()
+    current = root
+    for part in PurePosixPath(_check_relative_path(relative)).parts:
+        current = current / part
+        if current.is_symlink():
+            raise OutputThroughLink(f"{relative!r} passes through a symbolic link "
+                                    f"({current.relative_to(root).as_posix()})")
+    return current
+
+
 # Where a job may write, relative to the data root: outputs never replace a data set, a
 # pretrained checkpoint or the service's own state.
 OUTPUT_ROOTS: dict[str, tuple[str, ...]] = {
@@ -135,6 +154,27 @@ class _Spec(BaseModel):
                 problems.append(f"{field}: {exc}")
         return problems
 
+    def output_paths(self, job_id: str = "") -> dict[str, str]:
+        """Field name -> relative path of every place the job writes (its defaults included)."""
+        paths = {name: getattr(self, name) for name, field in type(self).model_fields.items()
+                 if path_kind(field) == "output" and getattr(self, name) not in (None, [])}
+        for name, value in self._default_outputs(job_id).items():
+            paths.setdefault(name, value)
+        return paths
+
+    def _default_outputs(self, job_id: str) -> dict[str, str]:
+        return {"online_cache_dir": layout.ONLINE_CACHE}
+
+    def linked_outputs(self, data_root: Path, job_id: str = "") -> list[str]:
+        """Reasons for each output that is, or passes through, a symbolic link."""
+        problems = []
+        for field, relative in self.output_paths(job_id).items():
+            try:
+                output_under(data_root, relative)
+            except PathOutsideDataRoot as exc:
+                problems.append(f"{field}: {exc}")
+        return problems
+
     def option_names(self) -> tuple[str, ...]:
         raise NotImplementedError
 
@@ -144,9 +184,12 @@ class _Spec(BaseModel):
         options: dict[str, Any] = {}
         for name in self.option_names():
             value = getattr(self, name)
-            if path_kind(type(self).model_fields[name]) and value not in (None, []):
-                value = ([str(resolve_under(root, v)) for v in value] if isinstance(value, list)
-                         else str(resolve_under(root, value)))
+            kind = path_kind(type(self).model_fields[name])
+            if kind and value not in (None, []):
+                # Inputs may be links inside the root; outputs may not be links at all.
+                resolve = output_under if kind == "output" else resolve_under
+                value = ([str(resolve(root, v)) for v in value] if isinstance(value, list)
+                         else str(resolve(root, value)))
             options[name] = value
         return json.loads(json.dumps(options))
 
@@ -194,6 +237,10 @@ class TrainSpec(_Spec, TrainOptions):
     def output_dir(self, data_root: Path, name: str) -> Path:
         return Path(data_root) / layout.EXPERIMENTS / self.run_name(name)
 
+    def _default_outputs(self, job_id: str) -> dict[str, str]:
+        run = f"{layout.EXPERIMENTS}/{self.run_name(job_id)}" if self.name or job_id else layout.EXPERIMENTS
+        return {**super()._default_outputs(job_id), "name": run}
+
 
 class PredictSpec(_Spec, PredictOptions):
     """A prediction job: the service's fields plus ``PredictOptions``."""
@@ -217,9 +264,11 @@ class PredictSpec(_Spec, PredictOptions):
         return paths
 
     def output_path(self, data_root: Path, job_id: str) -> Path:
-        if self.output:
-            return resolve_under(data_root, self.output)
-        return Path(data_root) / layout.RESULTS / f"{job_id}_predictions.jsonl"
+        return output_under(data_root, self.output or f"{layout.RESULTS}/{job_id}_predictions.jsonl")
+
+    def _default_outputs(self, job_id: str) -> dict[str, str]:
+        return {**super()._default_outputs(job_id), "score_dir": layout.SCORES,
+                "output": self.output or layout.RESULTS}
 
     def resolved_options(self, data_root: Path, *, job_id: str, events: Path | None = None,
                          resume_override: Path | None = None) -> dict[str, Any]:

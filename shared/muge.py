@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Collection, Iterable, Iterator, Mapping, Sequence
 
+from shared.output_files import replace_file
+
 MUGE_K = 10  # predictions per query in a MUGE predictions file
 RECALL_KS = (1, 5, 10)
 
@@ -209,19 +211,13 @@ def plain_id(value: Any) -> Any:
 
 def write_predictions(path: str | os.PathLike, rows: Iterable[tuple[Any, Sequence[Any]]]) -> Path:
     """One ``{"text_id", "image_ids"}`` JSON object per line, written atomically: a reader
-    never sees half a file, and a crash leaves the previous file in place."""
+    never sees half a file, and a crash leaves the previous file in place. A path that is or
+    passes through a symbolic link is refused (``LinkedOutput``), never written through."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    try:
-        with partial.open("w", encoding="utf-8") as fout:
-            for text_id, image_ids in rows:
-                fout.write(json.dumps({"text_id": plain_id(text_id), "image_ids": [plain_id(i) for i in image_ids]}))
-                fout.write("\n")
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    os.replace(partial, path)
+    with replace_file(path) as fout:
+        for text_id, image_ids in rows:
+            fout.write(json.dumps({"text_id": plain_id(text_id), "image_ids": [plain_id(i) for i in image_ids]}))
+            fout.write("\n")
     return path
 
 

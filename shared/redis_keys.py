@@ -89,3 +89,25 @@ def idempotency(key: str) -> str:
 def crawler_rank_claim(rank: int) -> str:
     """String with a TTL: which crawler worker holds a rank (refreshed while it lives)."""
     return f"{PREFIX}:crawler:{rank}:claim"
+
+
+def run_name(name: str) -> str:
+    """String: the job that holds a run name (the folder under experiments/), set atomically at
+    submission so two jobs can never both start a new run under one name."""
+    return f"{PREFIX}:run:{name}"
+
+
+def jobs_index_by(kind: str | None = None, state: str | None = None) -> str:
+    """Sorted set of the job ids of one kind and/or state, scored by creation time, so a
+    filtered list reads only its page. The job scripts build these names from
+    ``jobs_index_by_prefix()`` + ``<kind or *>:<state or *>``."""
+    return f"{jobs_index_by_prefix()}{kind or '*'}:{state or '*'}"
+
+
+def jobs_index_by_prefix() -> str:
+    return f"{PREFIX}:jobs:by:"
+
+
+def jobs_index_version() -> str:
+    """String: set once the kind/state indexes hold every job (older data is indexed at start)."""
+    return f"{jobs_index_by_prefix()}version"  # the create script builds it the same way

@@ -23,6 +23,7 @@ from services.control.routes import jobs, login, pages, results, search, status
 from services.control.security import COMMON_RESPONSES, bearer
 from services.control.settings import ControlSettings
 from services.control.state import ControlState, get_state
+from services.control.throttle import FailureThrottle
 
 HERE = Path(__file__).parent
 
@@ -57,6 +58,8 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
                   version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.control = control
     app.state.status_cache = status.StatusCache(settings.status_cache_s)
+    # One limiter of wrong tokens for the sign-in form and every other way a token is presented.
+    app.state.sign_in_throttle = FailureThrottle(settings.sign_in_failures, settings.sign_in_window_s)
     app.state.templates = Jinja2Templates(directory=str(HERE / "templates"))
     app.include_router(pages.router)
     app.include_router(jobs.router)
@@ -92,7 +95,7 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
     # answer (refusals included) carries the security headers.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes,
                        larger={"/api/search/image": settings.search_upload_bytes})
-    app.add_middleware(AuthMiddleware, token=token)
+    app.add_middleware(AuthMiddleware, token=token, throttle=app.state.sign_in_throttle)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(LatencyMiddleware, metrics=control.metrics, router_app=app)
     return app

@@ -116,10 +116,23 @@ def sign_in_page(next_path: str = "/status", error: str = "") -> str:
 </form></body></html>"""
 
 
+def credential_presented(headers: dict[str, str]) -> bool:
+    """Whether the request offers a token at all (right or wrong): only those count as tries."""
+    if headers.get("authorization", "").strip():
+        return True
+    return any(part.strip().partition("=")[0] == COOKIE for part in headers.get("cookie", "").split(";"))
+
+
 class AuthMiddleware:
-    def __init__(self, app, token: str):
+    """``throttle`` is the sign-in form's limiter: a wrong token counts as a failed try however
+    it is presented (bearer, basic, cookie), and a client over the limit gets 429 for every
+    request that presents one until its window has passed (a right token too: otherwise the
+    answer would still tell a right guess from a wrong one)."""
+
+    def __init__(self, app, token: str, throttle=None):
         self.app = app
         self.token = token
+        self.throttle = throttle
 
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket"):
@@ -133,7 +146,16 @@ class AuthMiddleware:
             if (headers.get("origin") or headers.get("referer")) and not same_origin(headers):
                 return await _send_json(send, 403, "cross-site sign-in refused")
             return await self.app(scope, receive, send)
+        presented = self.throttle is not None and credential_presented(headers)
+        client = (scope.get("client") or ("unknown",))[0]
+        if presented:
+            wait = self.throttle.retry_after(client)
+            if wait > 0:
+                return await _send_json(send, 429, "too many wrong tokens from this address; try again later",
+                                        retry_after=int(wait) + 1)
         credential = request_credential(headers, self.token)
+        if credential is None and presented:
+            self.throttle.failed(client)
         if credential == "cookie" and scope.get("method", "GET") not in SAFE_METHODS \
                 and not same_origin(headers):
             return await _send_json(send, 403, "cross-site request refused: a request that changes "
@@ -157,9 +179,10 @@ class AuthMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
-async def _send_json(send, status: int, detail: str) -> None:
+async def _send_json(send, status: int, detail: str, retry_after: int | None = None) -> None:
     body = json.dumps({"detail": detail}).encode()
+    extra = [(b"retry-after", str(retry_after).encode())] if retry_after is not None else []
     await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        (b"cache-control", b"no-store")]})
+        (b"cache-control", b"no-store"), *extra]})
     await send({"type": "http.response.body", "body": body})

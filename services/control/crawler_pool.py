@@ -87,13 +87,55 @@ def login_view(state: LoginState, has_qr: bool) -> dict[str, Any]:
     return view
 
 
-async def login_views(client: aioredis.Redis) -> list[dict[str, Any]]:
-    states = await login_states(client)
+# A rank lives while its worker keeps its claim (a key with a TTL it refreshes: the rank's
+# heartbeat). A dead rank's QR code goes with its claim: removed here, in one step that checks
+# the claim is still gone, so a worker that has just taken the rank keeps the code it shows.
+OFFLINE = "offline"
+OFFLINE_DETAIL = "no crawler holds this rank (its worker stopped sending heartbeats)"
+_DROP_DEAD_QR = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return redis.call('DEL', KEYS[2]) end
+return 0
+"""
+
+
+async def ranks_alive(client: aioredis.Redis, ranks: list[int]) -> dict[int, bool]:
+    async with client.pipeline(transaction=False) as pipe:
+        for rank in ranks:
+            pipe.exists(redis_keys.crawler_rank_claim(rank))
+        alive = await pipe.execute()
+    return {rank: bool(a) for rank, a in zip(ranks, alive)}
+
+
+async def drop_dead_qr(client: aioredis.Redis, rank: int) -> None:
+    await client.eval(_DROP_DEAD_QR, 2, redis_keys.crawler_rank_claim(rank), redis_keys.crawler_qr(rank))
+
+
+def offline(state: LoginState) -> LoginState:
+    """How a rank whose worker is gone is shown: offline, with no code to scan."""
+    return state.model_copy(update={"state": OFFLINE, "detail": OFFLINE_DETAIL,
+                                    "qr_updated_at": None, "qr_expires_at": None})
+
+
+async def live_login_views(client: aioredis.Redis, states: list[LoginState]) -> list[dict[str, Any]]:
+    """The views of ``states``; a rank with no live worker shows offline and its code is dropped."""
+    alive = await ranks_alive(client, [s.rank for s in states])
     async with client.pipeline(transaction=False) as pipe:
         for state in states:
             pipe.exists(redis_keys.crawler_qr(state.rank))
         has = await pipe.execute()
-    return [login_view(s, bool(h)) for s, h in zip(states, has)]
+    views = []
+    for state, has_qr in zip(states, has):
+        if alive[state.rank]:
+            views.append(login_view(state, bool(has_qr)))
+            continue
+        if has_qr:
+            await drop_dead_qr(client, state.rank)
+        views.append(login_view(offline(state), False))
+    return views
+
+
+async def login_views(client: aioredis.Redis) -> list[dict[str, Any]]:
+    return await live_login_views(client, await login_states(client))
 
 
 class PagesRate:
@@ -148,6 +190,8 @@ async def last_failures(client: aioredis.Redis, count: int = FAILURES_SCANNED) -
 
 async def crawler_pool(client: aioredis.Redis, rates: PagesRate) -> dict[str, Any]:
     states = await login_states(client)
+    alive = await ranks_alive(client, [s.rank for s in states])
+    states = [s if alive[s.rank] else offline(s) for s in states]
     async with client.pipeline(transaction=False) as pipe:
         for state in states:
             pipe.hgetall(redis_keys.crawler_stats(state.rank))

@@ -5,7 +5,7 @@ multi-node job, the spec's fingerprint, the raw output lines of a failed run); t
 the job, not its machinery, so those never leave Redis."""
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -39,6 +39,14 @@ class JobSummary(JobBrief):
     @classmethod
     def from_record(cls, record: JobRecord) -> "JobSummary":
         return cls(name=getattr(record.spec, "name", None), **_shared_fields(cls, record))
+
+
+class JobUnreadableSummary(BaseModel):
+    """A list's line for a job whose stored record cannot be read: the rest is still listed."""
+
+    id: str
+    state: Literal["unreadable"] = "unreadable"
+    reason: str = Field(description="what is wrong with the stored record")
 
 
 class JobPublic(JobBrief):

@@ -26,6 +26,12 @@ class ControlSettings(CommonSettings):
     # How stale /api/status may be; requests within it share one read of Redis.
     status_cache_s: float = Field(0.5, ge=0, le=60)
     sse_ping_s: float = Field(15.0, gt=0)
+    # Capacity of job event streams (services/control/followers.py): jobs followed at once (one
+    # Redis connection each), followers in all, and batches queued per follower before it
+    # catches up from Redis instead.
+    sse_max_streams: int = Field(200, ge=1, le=10_000)
+    sse_max_followers: int = Field(5000, ge=1, le=100_000)
+    sse_queue_batches: int = Field(64, ge=1, le=10_000)
     # The session cookie is marked Secure when this is set or the request came over HTTPS;
     # behind a TLS proxy, list the proxy's address in forwarded_allow_ips so its
     # X-Forwarded-Proto is believed (and nobody else's).

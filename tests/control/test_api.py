@@ -24,7 +24,17 @@ def _sample_path(path: str) -> str:
     return re.sub(r"\{[^}]+\}", lambda m: "0" if "rank" in m.group(0) else "20260101-000000-abcd", path)
 
 
-def test_everything_but_healthz_needs_the_token(control):
+@pytest.fixture()
+def unthrottled(redis_url, data_root):
+    """A server that lets many wrong tokens through (401, not 429): the test below tries every
+    route with one."""
+    server = ControlServer(redis_url, data_root, env={"CNCLIP_CONTROL_SIGN_IN_FAILURES": "100000"}).start()
+    yield server
+    server.stop()
+
+
+def test_everything_but_healthz_needs_the_token(unthrottled):
+    control = unthrottled
     with control.client() as client:
         schema = client.get("/openapi.json").json()
     routes = [(method.upper(), _sample_path(path)) for path, item in schema["paths"].items()
@@ -238,6 +248,7 @@ def test_status_data_and_metrics(control, data_root, redis_client):
     for rank, state in ((0, "logged_in"), (1, "waiting_for_scan"), (2, "logged_in")):
         redis_client.hset(redis_keys.crawler_login(rank), mapping=LoginState(rank=rank, state=state).to_hash())
         redis_client.sadd(redis_keys.crawler_ranks(), rank)
+        redis_client.set(redis_keys.crawler_rank_claim(rank), f"worker-{rank}", ex=60)  # alive
         redis_client.hset(redis_keys.crawler_stats(rank), mapping={"pages": 10 * rank, "failures": rank})
     redis_client.rpush(redis_keys.CRAWL_QUEUE, *[b"{}"] * 7)
     with control.client() as client:
@@ -283,6 +294,7 @@ def test_loopback_without_a_token_makes_one_up(redis_url, tmp_path):
 def test_qr_codes_are_served_privately(control, redis_client):
     png = b"\x89PNG\r\n\x1a\n" + b"0" * 32
     redis_client.set(redis_keys.crawler_qr(3), png)
+    redis_client.set(redis_keys.crawler_rank_claim(3), "worker-1", ex=60)  # a live worker holds rank 3
     with control.client() as client:
         response = client.get("/login/3/qr.png")
         assert response.status_code == 200 and response.content == png

@@ -74,10 +74,41 @@ def test_a_launch_that_fails_ends_the_job_failed_with_the_reason(redis_url, shar
             done = wait_for(client, job["id"], {"failed", "succeeded", "cancelled"}, timeout=60, runner=runner)
             assert done["state"] == "failed", done
             assert "could not launch" in done["reason"] and "no-such-python" in done["reason"], done
-            # Recovery in the same runner does not keep or bring it back.
-            time.sleep(3)
-            assert client.get(f"/jobs/{job['id']}").json()["state"] == "failed"
-            # The runner is still good for the next job.
+            # Recovery in the same runner (every 2 s here) does not keep or bring it back: after
+            # two recovery passes it is still failed, tried once.
+            time.sleep(5)
+            after = client.get(f"/jobs/{job['id']}").json()
+            assert (after["state"], after["attempts"], after["finished_at"]) == \
+                ("failed", done["attempts"], done["finished_at"])
+            # The runner is still alive and takes the next job (which fails the same way).
+            second = client.post("/jobs/train", json={**TRAIN, "max_steps": 2}).json()
+            again = wait_for(client, second["id"], {"failed", "succeeded", "cancelled"}, timeout=60, runner=runner)
+            assert again["state"] == "failed" and "no-such-python" in again["reason"], again
     finally:
+        runner.stop()
+        control.stop()
+
+
+def test_a_job_that_cannot_launch_leaves_the_runner_good_for_the_next(redis_url, shared_root):  # noqa: F811
+    """An output that became a symbolic link after submission stops the launch of that job
+    only; the same runner then runs a short job to success."""
+    control = ControlServer(redis_url, shared_root, env={"CNCLIP_CONTROL_CHECK_INPUTS": "false"}).start()
+    runner = RunnerWorker(redis_url, shared_root).start()
+    link = shared_root / "experiments" / "linked-cache"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(shared_root / "datasets", target_is_directory=True)
+    try:
+        with control.client() as client:
+            bad = client.post("/jobs/train", json={**TRAIN, "max_steps": 2,
+                                                   "online_cache_dir": "experiments/linked-cache"}).json()
+            done = wait_for(client, bad["id"], {"failed", "succeeded", "cancelled"}, timeout=60, runner=runner)
+            assert done["state"] == "failed" and "could not launch" in done["reason"], done
+            assert "symbolic link" in done["reason"], done
+            good = client.post("/jobs/train", json={**TRAIN, "max_steps": 2}).json()
+            finished = wait_for(client, good["id"], {"failed", "succeeded", "cancelled"}, runner=runner)
+            assert finished["state"] == "succeeded", (finished, runner.log_tail())
+            assert finished["progress"]["step"] == 2
+    finally:
+        link.unlink()
         runner.stop()
         control.stop()

@@ -143,8 +143,10 @@ def test_taobao_profile_against_the_skin(crawler_workers, crawl_client, shop, sk
     assert "slider" in waiting.detail
     screenshot = Image.open(io.BytesIO(crawl_client.qr_png(0)))
     assert screenshot.format == "PNG" and screenshot.width > 300
+    pages_while_waiting = shop.count("tb_result_page")
     time.sleep(1.5)
     assert crawl_client.login_state(0).state == "needs_human"   # still waiting, not reloading
+    assert shop.count("tb_result_page") == pages_while_waiting  # no page asked for meanwhile
     assert skin.solve_slider() == 1
     result, = crawl_client.wait_results(request.reply_stream, 1, timeout=90)
     assert result.status == "ok", result.missing

@@ -22,14 +22,20 @@ def test_slow_pages_and_slow_images(shop, logged_in):
     shop.set_faults(page_delay_s=0.6, image_delay_s=0.6)
     started = time.monotonic()
     assert search(logged_in).status_code == 200
-    assert time.monotonic() - started >= 0.6
+    slow = time.monotonic() - started
+    assert slow >= 0.6
     started = time.monotonic()
     assert logged_in.get(shop.items(QUERY)["items"][0]["image_url"]).status_code == 200
     assert time.monotonic() - started >= 0.6
     shop.clear_faults()
-    started = time.monotonic()
-    search(logged_in)
-    assert time.monotonic() - started < 0.6
+    fast = []
+    for _ in range(3):
+        started = time.monotonic()
+        search(logged_in)
+        fast.append(time.monotonic() - started)
+    # Against the slowed page measured above: the delay is gone (the best of three, so one
+    # request held up by a busy machine does not decide it).
+    assert min(fast) < slow - 0.4, (fast, slow)
 
 
 def test_search_errors_for_the_next_n_searches(shop, logged_in):

@@ -1,21 +1,19 @@
 """The job API: submit, list, read, follow (SSE) and cancel jobs."""
 from __future__ import annotations
 
-import json
 import re
 from typing import Annotated, Any
 
-import redis as redis_lib
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sse_starlette.sse import EventSourceResponse
 
 from shared import redis_keys
-from shared.jobs import (TERMINAL, IdempotencyConflict, InvalidTransition, JobNotFound, JobRecord,
-                         JobState, parse_event_fields)
+from shared.jobs import (IdempotencyConflict, InvalidTransition, JobKind, JobNotFound, JobRecord,
+                         JobState, JobUnreadable, RunNameTaken, UnreadableJob, parse_event_fields)
 from shared.jobspec import IDEMPOTENCY_PATTERN, IndexSpec, JobSpec, PredictSpec, TrainSpec
-from services.control.schemas import JobPublic, JobSummary
+from services.control.schemas import JobPublic, JobSummary, JobUnreadableSummary
 from services.control.security import COMMON_RESPONSES, bearer
 from services.control.state import ControlState, get_state
 
@@ -31,20 +29,24 @@ class ErrorBody(BaseModel):
 
 
 class JobList(BaseModel):
-    jobs: list[JobSummary]
-    total: int
+    jobs: list[JobSummary | JobUnreadableSummary]
+    total: int = Field(description="jobs that match the filter, all pages together")
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorBody}, 404: {"model": ErrorBody}}
+_UNREADABLE: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorBody, "description": "The job's stored record cannot be read (the reason is given)"}}
 
 
 def _refusal(spec: JobSpec, root) -> HTTPException | None:
     """What the data root tells about a spec before anything is queued: inputs that are not
-    there (422, per field, as FastAPI reports body errors) and a run name already taken (409)."""
-    problems = spec.missing_inputs(root)
+    there or outputs that are or pass through a symbolic link (422, per field, as FastAPI
+    reports body errors) and a run name already taken (409)."""
+    problems = [("missing_input", p) for p in spec.missing_inputs(root)] + \
+        [("linked_output", p) for p in spec.linked_outputs(root)]
     if problems:
-        return HTTPException(422, [{"type": "missing_input", "loc": ["body", p.split(":", 1)[0]],
-                                    "msg": p.split(":", 1)[1].strip()} for p in problems])
+        return HTTPException(422, [{"type": kind, "loc": ["body", p.split(":", 1)[0]],
+                                    "msg": p.split(":", 1)[1].strip()} for kind, p in problems])
     if isinstance(spec, TrainSpec) and spec.name and not spec.continue_run \
             and spec.output_dir(root, spec.name).exists():
         return HTTPException(409, f"a run named {spec.name!r} already exists under experiments/; "
@@ -62,7 +64,7 @@ def _submit(state: ControlState, spec: JobSpec, key: str | None) -> tuple[JobRec
             raise refusal
     try:
         record, created = state.store.create(spec, idempotency_key=key)
-    except IdempotencyConflict as exc:
+    except (IdempotencyConflict, RunNameTaken) as exc:
         raise HTTPException(409, str(exc)) from exc
     if not created:
         return record, False
@@ -116,11 +118,18 @@ async def submit_index(spec: IndexSpec, response: Response, state: ControlState 
 @router.get("", response_model=JobList, responses={401: {"model": ErrorBody}}, summary="List jobs, newest first")
 async def list_jobs(state: ControlState = Depends(get_state),
                     job_state: Annotated[JobState | None, Query(alias="state")] = None,
+                    kind: JobKind | None = None,
                     limit: Annotated[int, Query(ge=1, le=500)] = 50,
                     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> JobList:
-    records = await run_in_threadpool(state.store.list, limit, offset, job_state)
-    total = await state.redis.zcard(redis_keys.jobs_index())
-    return JobList(jobs=[JobSummary.from_record(r) for r in records], total=int(total))
+    """A filtered list reads its page from an index of jobs by kind and state, so it costs
+    what the page costs; a record that cannot be read is listed as ``unreadable`` with why."""
+    def page() -> tuple[list, int]:
+        state.ensure_indexes()
+        ids, total = state.store.filtered_ids(limit, offset, job_state, kind)
+        return state.store.many_or_unreadable(ids), total
+    records, total = await run_in_threadpool(page)
+    return JobList(jobs=[JobUnreadableSummary(id=r.id, reason=r.reason) if isinstance(r, UnreadableJob)
+                         else JobSummary.from_record(r) for r in records], total=total)
 
 
 def _get(state: ControlState, job_id: str) -> JobRecord:
@@ -128,9 +137,11 @@ def _get(state: ControlState, job_id: str) -> JobRecord:
         return state.store.get(job_id)
     except JobNotFound as exc:
         raise HTTPException(404, f"no job {job_id}") from exc
+    except JobUnreadable as exc:
+        raise HTTPException(409, str(exc)) from exc
 
 
-@router.get("/{job_id}", response_model=JobPublic, responses=_ERRORS, summary="One job")
+@router.get("/{job_id}", response_model=JobPublic, responses={**_ERRORS, **_UNREADABLE}, summary="One job")
 async def get_job(job_id: JobId, state: ControlState = Depends(get_state)) -> JobPublic:
     return JobPublic.from_record(await run_in_threadpool(_get, state, job_id))
 
@@ -144,7 +155,11 @@ async def cancel_job(job_id: JobId, state: ControlState = Depends(get_state)) ->
             return JobPublic.from_record(state.store.request_cancel(job_id))
         except JobNotFound as exc:
             raise HTTPException(404, f"no job {job_id}") from exc
+        except JobUnreadable as exc:
+            raise HTTPException(409, str(exc)) from exc
         except InvalidTransition as exc:
+            if exc.current == "unreadable":
+                raise HTTPException(409, f"the record of job {job_id} cannot be read: delete it") from exc
             raise HTTPException(409, f"job {job_id} already {exc.current}") from exc
     return await run_in_threadpool(cancel)
 
@@ -155,7 +170,12 @@ async def cancel_job(job_id: JobId, state: ControlState = Depends(get_state)) ->
 async def delete_job(job_id: JobId, state: ControlState = Depends(get_state)) -> Response:
     def delete() -> None:
         try:
-            state.store.delete(job_id)
+            try:
+                state.store.get(job_id)
+                unreadable = False
+            except JobUnreadable:
+                unreadable = True  # whatever state it claims, nothing can run it: it may go
+            state.store.delete(job_id, unreadable=unreadable)
         except JobNotFound as exc:
             raise HTTPException(404, f"no job {job_id}") from exc
         except InvalidTransition as exc:
@@ -174,7 +194,8 @@ async def job_series(job_id: JobId, state: ControlState = Depends(get_state)) ->
 @router.get("/{job_id}/events", responses={
     **_ERRORS, 200: {"description": "Server-sent events: one per job event (id = stream id, "
                                     "event = type, data = JobEvent JSON); ends when the job ends",
-                     "content": {"text/event-stream": {}}}},
+                     "content": {"text/event-stream": {}}},
+    503: {"model": ErrorBody, "description": "Too many event streams open (see the capacity in the docs)"}},
     summary="Follow a job's events (SSE)", response_class=EventSourceResponse)
 async def job_events(request: Request, job_id: JobId, state: ControlState = Depends(get_state),
                      after: Annotated[str | None, Query(pattern=STREAM_ID_PATTERN,
@@ -183,32 +204,10 @@ async def job_events(request: Request, job_id: JobId, state: ControlState = Depe
     if not await state.redis.exists(redis_keys.job(job_id)):
         raise HTTPException(404, f"no job {job_id}")
     start = after or (last_event_id if last_event_id and re.match(STREAM_ID_PATTERN, last_event_id) else "0")
-    return EventSourceResponse(_follow(state, job_id, start), ping=state.settings.sse_ping_s)
-
-
-async def _follow(state: ControlState, job_id: str, last: str):
-    key = redis_keys.job_events(job_id)
-    block_ms = int(state.settings.sse_ping_s * 1000)
-    while True:
-        try:
-            batches = await state.redis.xread({key: last}, count=500, block=block_ms)
-        except redis_lib.RedisError as exc:
-            yield {"event": "error", "data": json.dumps({"detail": str(exc)})}
-            return
-        ended = False
-        for _, entries in batches or []:
-            for entry_id, fields in entries:
-                last = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                try:
-                    event = parse_event_fields(fields)
-                except ValueError:
-                    continue
-                yield {"id": last, "event": event.type, "data": event.model_dump_json()}
-                if event.type == "state" and event.data.get("state") in TERMINAL:
-                    ended = True
-        if ended:
-            return
-        if not batches:
-            raw = await state.redis.hget(redis_keys.job(job_id), "state")
-            if raw is None or json.loads(raw) in TERMINAL:
-                return
+    refusal = state.followers.room_for(job_id)
+    if refusal:
+        raise HTTPException(503, f"too many event streams open: {refusal}; try again later",
+                            headers={"Retry-After": "5"})
+    # Followers of a job share one Redis reader (services/control/followers.py): however many
+    # there are, they hold no connection of the API's pool.
+    return EventSourceResponse(state.followers.follow(job_id, start), ping=state.settings.sse_ping_s)

@@ -10,7 +10,8 @@ from fastapi.responses import HTMLResponse, Response
 from sse_starlette.sse import EventSourceResponse
 
 from shared import redis_keys
-from services.control.crawler_pool import login_state, login_view, login_views
+from services.control.crawler_pool import drop_dead_qr, login_views, ranks_alive
+from services.control.login_feed import SNAPSHOT
 from services.control.security import COMMON_RESPONSES, bearer
 from services.control.state import ControlState, get_state
 
@@ -27,6 +28,9 @@ async def login_api(state: ControlState = Depends(get_state)) -> list[dict[str, 
             responses={200: {"content": {"image/png": {}}}, 404: {"description": "No code shown"}},
             response_class=Response)
 async def qr_png(rank: Rank, state: ControlState = Depends(get_state)) -> Response:
+    if not (await ranks_alive(state.redis, [rank]))[rank]:
+        await drop_dead_qr(state.redis, rank)
+        raise HTTPException(404, f"rank {rank} is offline: no crawler holds it, so it shows no QR code")
     data = await state.redis.get(redis_keys.crawler_qr(rank))
     if not data:
         raise HTTPException(404, f"rank {rank} shows no QR code")
@@ -42,29 +46,24 @@ async def login_events(request: Request, state: ControlState = Depends(get_state
     notification was missed."""
 
     async def stream():
-        pubsub = state.redis.pubsub()
-        await pubsub.subscribe(redis_keys.crawler_login_channel())
+        # One shared subscription feeds every open page (services/control/login_feed.py).
+        queue = state.login_feed.join()
         try:
             yield {"event": "snapshot", "data": json.dumps(await login_views(state.redis))}
             loop = asyncio.get_running_loop()
             last_snapshot = loop.time()
             while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if message is not None:
-                    try:
-                        rank = int(message["data"])
-                    except (TypeError, ValueError):
-                        continue
-                    current = await login_state(state.redis, rank)
-                    if current is not None:
-                        has_qr = bool(await state.redis.exists(redis_keys.crawler_qr(rank)))
-                        yield {"event": "rank", "data": json.dumps(login_view(current, has_qr))}
-                if loop.time() - last_snapshot > 30:
+                try:
+                    view = await asyncio.wait_for(queue.get(), timeout=1.0)
+                except asyncio.TimeoutError:
+                    view = None
+                if view == SNAPSHOT or (view is None and loop.time() - last_snapshot > 30):
                     last_snapshot = loop.time()
                     yield {"event": "snapshot", "data": json.dumps(await login_views(state.redis))}
+                elif view is not None:
+                    yield {"event": "rank", "data": json.dumps(view)}
         finally:
-            await pubsub.unsubscribe()
-            await pubsub.aclose()
+            state.login_feed.leave(queue)
 
     return EventSourceResponse(stream(), ping=state.settings.sse_ping_s)
 

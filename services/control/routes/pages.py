@@ -1,6 +1,7 @@
 """Sign-in for the pages (a cookie), health, and the landing redirect."""
 from __future__ import annotations
 
+import asyncio
 import hmac
 from typing import Annotated
 
@@ -11,7 +12,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from services.control.throttle import FailureThrottle
 
 from services.control.auth import COOKIE, session_value, sign_in_page
-from services.control.state import ControlState, get_state
+from services.control.state import HEALTH_TIMEOUT_S, ControlState, get_state
 
 router = APIRouter(include_in_schema=False)
 
@@ -25,9 +26,13 @@ def _safe_next(path: str) -> str:
 
 @router.get("/healthz")
 async def healthz(state: ControlState = Depends(get_state)) -> JSONResponse:
+    """Answers within about a second whatever Redis does: ``redis: false`` when it does not
+    answer in HEALTH_TIMEOUT_S (the client's own timeouts; wait_for bounds a pool that is full
+    of connections stuck on a frozen server)."""
+    client = state.health_redis or state.redis
     try:
-        redis_ok = bool(await state.redis.ping())
-    except (redis_lib.RedisError, OSError):
+        redis_ok = bool(await asyncio.wait_for(client.ping(), HEALTH_TIMEOUT_S * 1.5))
+    except (redis_lib.RedisError, OSError, asyncio.TimeoutError):
         redis_ok = False
     return JSONResponse({"status": "ok", "redis": redis_ok})
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
 from shared import redis_keys
-from shared.jobs import STATES
+from shared.jobs import JOB_KINDS, STATES
 from services.control.crawler_pool import crawler_pool
 from services.control.job_view import job_run, view_kind
 from services.control.routes.jobs import JOB_ID_PATTERN
@@ -49,14 +49,35 @@ def _small(value: Any, depth: int = 0) -> Any:
     return value
 
 
-def _summary(values: list) -> dict[str, Any] | None:
+def _summary(job_id: str, values: Any) -> dict[str, Any] | None:
+    """The job's summary; one whose record cannot be read shows as ``unreadable`` with why,
+    and the other jobs are shown as usual."""
+    if isinstance(values, Exception):  # the key holds something else than a hash
+        return _unreadable(job_id, str(values))
     if values[0] is None:  # the record is gone
         return None
+    try:
+        return _readable_summary(values)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        return _unreadable(job_id, f"{type(exc).__name__}: {exc}")
+
+
+def _unreadable(job_id: str, reason: str) -> dict[str, Any]:
+    # The fields the page reads of every job, so the row renders (with its reason) like the rest.
+    return {"id": job_id, "state": "unreadable", "reason": reason[:SUMMARY_MAX_CHARS], "kind": "unreadable",
+            "spec": {"mode": "-"}, "progress": {}, "view": {"kind": "unreadable", "run": job_id}}
+
+
+def _readable_summary(values: list) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, raw in zip(_SUMMARY_FIELDS, values):
         if raw is not None:
             out[key] = json.loads(raw)
     spec = out.pop("spec", {}) or {}
+    if not isinstance(spec, dict):
+        raise ValueError(f"spec: {type(spec).__name__} is not a job's spec")
+    if out.get("state", "queued") not in STATES or out.get("kind", "train") not in JOB_KINDS:
+        raise ValueError(f"state {out.get('state')!r} or kind {out.get('kind')!r} is not a job's")
     out["spec"] = {k: spec[k] for k in _SPEC_FIELDS if k in spec}
     kind = out.get("kind", "train")
     out["view"] = {"kind": view_kind(kind, spec), "run": job_run(out["id"], kind, spec)}
@@ -69,8 +90,8 @@ async def _build_status(state: ControlState, n: int) -> bytes:
         for job_id in ids:
             pipe.hmget(redis_keys.job(job_id), _SUMMARY_FIELDS)
         pipe.zcard(redis_keys.jobs_index())
-        results = await pipe.execute()
-    jobs = [j for j in (_summary(r) for r in results[:-1]) if j is not None]
+        results = await pipe.execute(raise_on_error=False)
+    jobs = [j for j in (_summary(i, r) for i, r in zip(ids, results[:-1])) if j is not None]
     counts = {s: 0 for s in STATES}
     for job in jobs:
         counts[job.get("state", "queued")] = counts.get(job.get("state", "queued"), 0) + 1

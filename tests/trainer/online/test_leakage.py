@@ -80,8 +80,14 @@ def test_thirty_thousand_gallery_pictures_cost_milliseconds_per_image(synthetic_
     started = time.perf_counter()
     kept, dropped = big.filter([gallery[0]] * 20)
     per_image = (time.perf_counter() - started) / 20
+    # The reference, measured here: hashing the picture, which every check must do anyway.
+    started = time.perf_counter()
+    for _ in range(20):
+        perceptual_hash(gallery[0])
+    hashing = (time.perf_counter() - started) / 20
     assert dropped == 20 and kept == []
-    assert per_image < 0.05, per_image  # generous bound for a loaded 2-core machine
+    # Comparing with 30,000 gallery hashes costs a few hashings (about 3), not thousands.
+    assert per_image < 15 * hashing, (per_image, hashing)
 
 
 @pytest.mark.browser
