@@ -28,8 +28,9 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 # --- Validation with online learning from the crawler cache ---------------------------------
 # One more step from the job's checkpoint, then a validation pass with `--online cache`: a step
-# per validation batch on the pictures the demo shop serves for each query (cached beforehand,
-# so no browser is needed on the GPU machine).
+# per validation batch (`--online-step-ratio none`: the one training step would earn none) on the
+# pictures the demo shop serves for each query (cached beforehand, so no browser is needed on
+# the GPU machine).
 ONLINE_CACHE_OPTION = "--online-images"
 
 
@@ -47,6 +48,8 @@ def online_cache_validation(train_help: str, train_args: list[str], data: Path, 
                         ("--max-steps", str(steps + 1)), ("--valid-step-interval", "1")):
         args[args.index(flag) + 1] = value
     args += ["--resume", str(checkpoint), "--online", "cache", "--online-cache-dir", str(work / "online_cache")]
+    if "--online-step-ratio" in train_help:
+        args += ["--online-step-ratio", "none"]
     record = run_logged(TORCHRUN + ["services.trainer.cli"] + args, work / "train_online.log")
     events = read_events(events_path)
     online = [e["data"] for e in events if e["type"] == "online"]
