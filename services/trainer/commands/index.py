@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from services.trainer.commands.options_cli import OptionsError, add_model_options, build, given_values
+from services.trainer.commands.options_cli import OptionsError, add_model_options, config_from_args
 
 GROUPS = {"IndexOptions": "gallery, checkpoint and index", "ModelOptions": "model",
           "IndexRunOptions": "output", "IndexConfig": "output"}
@@ -25,14 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from(args: argparse.Namespace):
     from services.trainer.index.config import IndexConfig
 
-    values = given_values(args, IndexConfig)
-    values.setdefault("job_id", os.environ.get("CNCLIP_JOB_ID"))
-    config = build(IndexConfig, values)
-    try:
-        config.check()
-    except ValueError as exc:
-        raise OptionsError(str(exc)) from None
-    return config
+    return config_from_args(args, IndexConfig)
 
 
 def run(args: argparse.Namespace) -> int:

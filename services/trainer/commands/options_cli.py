@@ -149,3 +149,20 @@ def build(model: type[BaseModel], values: dict[str, Any]) -> Any:
         return model.model_validate(values)
     except ValidationError as exc:
         raise OptionsError(describe(exc)) from None
+
+
+def config_from_args(args: argparse.Namespace, model: type[BaseModel]) -> Any:
+    """The run settings of a command (``model``: TrainConfig, PredictConfig, IndexConfig) from
+    its parsed options: pydantic converts and checks them, the job id comes from the runner's
+    environment when not given, and ``check()`` (what only the file system can tell) failing
+    is an OptionsError like any other bad option."""
+    import os
+
+    values = given_values(args, model)
+    values.setdefault("job_id", os.environ.get("CNCLIP_JOB_ID"))
+    config = build(model, values)
+    try:
+        config.check()
+    except ValueError as exc:
+        raise OptionsError(str(exc)) from None
+    return config

@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Any
 
-from services.trainer.commands.options_cli import OptionsError, add_model_options, build, given_values
+from services.trainer.commands.options_cli import OptionsError, add_model_options, config_from_args
 
 GROUPS = {"PredictOptions": "data, checkpoints and output", "ModelOptions": "model",
           "OnlineOptions": "online learning (test time)", "OptimOptions": "test-time online steps",
@@ -35,14 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from(args: argparse.Namespace):
     from services.trainer.predict.config import PredictConfig
 
-    values = given_values(args, PredictConfig)
-    values.setdefault("job_id", os.environ.get("CNCLIP_JOB_ID"))
-    config = build(PredictConfig, values)
-    try:
-        config.check()
-    except ValueError as exc:
-        raise OptionsError(str(exc)) from None
-    return config
+    return config_from_args(args, PredictConfig)
 
 
 def _sink(args: argparse.Namespace):

@@ -7,10 +7,9 @@ and defaults follow the prototype's params.py, so its ``train.sh`` arguments wor
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from services.trainer.commands.options_cli import OptionsError, add_model_options, build, given_values
+from services.trainer.commands.options_cli import OptionsError, add_model_options, config_from_args
 
 GROUPS = {"TrainOptions": "data and schedule", "ModelOptions": "model", "OptimOptions": "optimisation",
           "OnlineOptions": "online learning", "TrainRunOptions": "output", "TrainConfig": "output"}
@@ -25,11 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from(args: argparse.Namespace):
     from services.trainer.train.config import TrainConfig
 
-    values = given_values(args, TrainConfig)
-    values.setdefault("job_id", os.environ.get("CNCLIP_JOB_ID"))
-    config = build(TrainConfig, values)
-    config.check()
-    return config
+    return config_from_args(args, TrainConfig)
 
 
 def run(args: argparse.Namespace) -> int:
