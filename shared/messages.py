@@ -180,6 +180,8 @@ class OnlineBatch(EventPayload):
     # Pictures left out as disagreeing with the query's other pictures (online_keep_images).
     dropped_disagreeing: int | None = None
     replay_pairs: int | None = None  # offline pairs mixed into this batch's steps (online_replay)
+    # Queries left uncrawled by active crawling (online_crawl_share): not asked for, not learnt from.
+    skipped_active: int | None = None
     steps: int | None = None  # online steps this batch took (its share of the pass's budget)
     wait_ms: float | None = None
     loss: float | None = None  # of the batch's last step
@@ -188,7 +190,7 @@ class OnlineBatch(EventPayload):
     def counts(self) -> dict[str, float]:
         """What adds up over batches (``missing`` as its total over the reasons)."""
         counts = self.set_fields("queries", "pairs", "dropped_leaked", "dropped_disagreeing", "replay_pairs",
-                                 "steps", "wait_ms")
+                                 "skipped_active", "steps", "wait_ms")
         if self.missing is not None:
             counts["missing"] = sum(self.missing.values())
         return counts
@@ -208,6 +210,7 @@ class OnlinePass(EventPayload):
     dropped_leaked: int | None = None
     dropped_disagreeing: int | None = None
     replay_pairs: int | None = None
+    skipped_active: int | None = None
     source: dict[str, float] | None = None  # the image source's own counters of the pass
     online_step: int | None = None
     wall_s: float | None = None

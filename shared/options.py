@@ -34,6 +34,7 @@ ReportTo = Literal["none", "tensorboard"]  # experiment loggers a training run a
 
 DEFAULT_MAX_EPOCHS = 32  # Chinese-CLIP's default when neither length is given
 # Online steps per training step (online_step_ratio's default; docs/architecture.md says why).
+ONLINE_CRAWL_SHARE = 0.5  # active crawling: see services/trainer/online/active.py
 ONLINE_STEP_RATIO = 0.25
 
 # ---- model names ---------------------------------------------------------------------------
@@ -189,6 +190,11 @@ class OnlineOptions(_Options):
     online_replay_data: PathText | None = Field(
         None, json_schema_extra=INPUT,
         description="test time: LMDB split of offline pairs to replay (e.g. the training split); none: no replay")
+    online_crawl_share: Annotated[float | None, BeforeValidator(_none_word)] = Field(
+        ONLINE_CRAWL_SHARE, gt=0, le=1,
+        description="live: ask the crawler for at most this share of a split's queries, those whose words are "
+                    "rarest in the training texts first (online_replay_data at test time); queries already "
+                    "in the cache are always used; none: crawl every query")
     online_interpolate: float = Field(
         1.0, gt=0, le=1,
         description="test time: keep this share of the change adaptation made to the weights (w0 + a (w - w0), "

@@ -20,7 +20,8 @@ METRIC_KEYS = ("r1", "r5", "r10", "mr")
 _TRAIN_KEYS = ("loss", "lr", "samples_per_s")
 _VALID_KEYS = (*METRIC_KEYS, "loss")
 _ONLINE_BATCH_KEYS = ("batch", "queries", "pairs", "wait_ms", "loss")
-_ONLINE_PASS_KEYS = ("epoch", "pass_index", "queries", "pairs", "steps", "dropped_disagreeing", "replay_pairs", "wall_s")
+_ONLINE_PASS_KEYS = ("epoch", "pass_index", "queries", "pairs", "steps", "dropped_disagreeing", "replay_pairs",
+                     "skipped_active", "wall_s")
 WAITING_FOR_LOGIN = "waiting_for_login"
 # What an ensemble member's progress word means to a person (the trainer's words are terse,
 # and "i/n" counts members, not the member's own progress).

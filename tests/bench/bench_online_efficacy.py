@@ -8,11 +8,12 @@ real crawler workers (headless Chromium) over real Redis. For every data set:
 
 - offline: train with validation, online off;
 - online, for each ``--configs`` (sets of online options) and each ``--schedules`` (validation
-  every epoch, every N steps): the first configuration with the first schedule crawls live
-  (into a fresh cache: its crawl requests are counted), every other run replays that cache;
+  every epoch, every N steps): the first run of each crawl share (``online_crawl_share``: active
+  crawling asks for fewer queries) crawls live into a fresh cache of its own, its crawl requests
+  counted, and every other run of that share replays that cache;
   ``--cache-repeat`` also replays the live run itself (it should repeat it exactly);
 - test-time online on the offline model, for each ``--tta-configs``: ``online_max_epochs``
-  passes over the test queries at ``--tta-lr`` (the first crawls live, the others replay).
+  passes over the test queries at ``--tta-lr`` (live or replayed, as above).
 
 Further wrong-item rates run the first configuration and schedule, and the first test-time
 configuration, live, on the first seed's data sets. Configurations after the first run on the
@@ -64,9 +65,11 @@ CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), ba
 TINY = dict(vision_model="tiny", text_model="tiny", precision="fp32", device="cpu")
 # The prototype's online learning: one step per validation batch on each query's first picture
 # (test time: picture pass mod K), no filter, no replay, the adapted weights as they are.
-PROTOTYPE = dict(online_step_ratio=None, online_batch_steps=1, online_cycle_images=False, online_keep_images=None, online_replay=0.0,
-                 online_interpolate=1.0)
-PRESETS: dict[str, dict[str, Any]] = {"default": {}, "prototype": PROTOTYPE}
+# Every query crawled (no active crawling).
+PROTOTYPE = dict(online_step_ratio=None, online_batch_steps=1, online_cycle_images=False, online_keep_images=None,
+                 online_replay=0.0, online_interpolate=1.0, online_crawl_share=None)
+CRAWL_ALL = dict(online_crawl_share=None)
+PRESETS: dict[str, dict[str, Any]] = {"default": {}, "prototype": PROTOTYPE, "all": CRAWL_ALL}
 # Targets over the grid (shares of the offline gap closed; MR points lost on seen concepts).
 TARGETS = {"online_closed_mean": 0.75, "online_closed_worst": 0.4, "online_seen_lost_max": 1.0,
            "tta_closed_mean": 0.75, "tta_closed_worst": 0.4, "tta_seen_lost_max": 2.0,
@@ -157,7 +160,15 @@ def online_summary(passes: list[dict[str, Any]]) -> dict[str, Any]:
             "pairs": sum(p["pairs"] for p in passes), "missing": missing,
             "dropped_leaked": sum(p["dropped_leaked"] for p in passes),
             "dropped_disagreeing": sum(p.get("dropped_disagreeing") or 0 for p in passes),
-            "replay_pairs": sum(p.get("replay_pairs") or 0 for p in passes)}
+            "replay_pairs": sum(p.get("replay_pairs") or 0 for p in passes),
+            "skipped_active": sum(p.get("skipped_active") or 0 for p in passes),
+            "submitted": sum((p.get("source") or {}).get("submitted", 0) for p in passes)}
+
+
+def crawl_share(options: dict[str, Any]) -> str:
+    """Runs that ask the crawler for the same queries share a cache (named by their share)."""
+    share = options.get("online_crawl_share", OnlineOptions.model_fields["online_crawl_share"].default)
+    return "all" if share is None else f"{float(share):g}"
 
 
 class Grid:
@@ -252,11 +263,14 @@ class Grid:
 
     def run_online(self, data: DataSet, rate: float, configs: list[tuple[str, dict]], schedules: list[str],
                    cache_repeat: bool) -> None:
-        cache = data.root / f"cache-train-{rate:g}"
+        crawled: set[str] = set()
         for c, (config_name, options) in enumerate(configs):
             # Every schedule for the first configuration; the others on the first schedule.
             for s, schedule in enumerate(schedules if c == 0 else schedules[:1]):
-                live = c == 0 and s == 0
+                share = crawl_share(options)
+                cache = data.root / f"cache-train-{rate:g}-{share}"
+                live = share not in crawled
+                crawled.add(share)
                 name = f"online-{rate:g}-{config_name}-{schedule}"
                 checkpoint, info = self.train(data, name, schedule, online="live" if live else "cache",
                                               online_cache_dir=str(cache), **options)
@@ -264,9 +278,10 @@ class Grid:
                 if live:
                     figures["crawled_queries"] = len(ImageCache(cache, "valid").queries())
                 self.record(data, "online", figures, mode="live" if live else "cache", config=config_name,
-                            schedule=schedule, wrong_item_rate=rate)
+                            schedule=schedule, wrong_item_rate=rate, crawl_share=share)
         if cache_repeat:
             config_name, options = configs[0]
+            cache = data.root / f"cache-train-{rate:g}-{crawl_share(options)}"
             name = f"online-{rate:g}-{config_name}-{schedules[0]}-repeat"
             checkpoint, info = self.train(data, name, schedules[0], online="cache", online_cache_dir=str(cache),
                                           **options)
@@ -275,10 +290,13 @@ class Grid:
 
     def run_tta(self, data: DataSet, rate: float, configs: list[tuple[str, dict]]) -> None:
         args = self.args
-        cache = data.root / f"cache-test-{rate:g}"
         checkpoint = data.root / "runs" / "offline" / "checkpoints" / "epoch_latest.pt"
-        for c, (config_name, options) in enumerate(configs):
-            mode = "live" if c == 0 else "cache"
+        crawled: set[str] = set()
+        for config_name, options in configs:
+            share = crawl_share(options)
+            cache = data.root / f"cache-test-{rate:g}-{share}"
+            mode = "cache" if share in crawled else "live"
+            crawled.add(share)
             name = f"tta-{rate:g}-{config_name}"
             replay = {"online_replay_data": str(data.lmdb / "train")} if args.tta_replay else {}
             figures = self.predict(data, name, checkpoint, online=mode, online_cache_dir=str(cache),
@@ -286,7 +304,7 @@ class Grid:
                                    **{**replay, **options})
             if mode == "live":
                 figures["crawled_queries"] = len(ImageCache(cache, "test").queries())
-            self.record(data, "tta", figures, mode=mode, config=config_name, wrong_item_rate=rate)
+            self.record(data, "tta", figures, mode=mode, config=config_name, wrong_item_rate=rate, crawl_share=share)
 
 
 # ---- the summary --------------------------------------------------------------------------
@@ -346,11 +364,40 @@ def verdict(rows: list[dict[str, Any]], summary: dict[str, Any], args: argparse.
         if diffs:
             result["schedule_closed_diff_mean"] = round(statistics.fmean(diffs), 3)
             result["schedule_closed_diff_max"] = round(max(diffs), 3)
+    for kind, first in (("online", config), ("tta", tta_configs[0])):
+        active = active_crawling(rows, kind, first, schedules[0], main_rate)
+        if active:
+            result[f"{kind}_active_crawling"] = active
     for rate in rates[1:]:
         noisy = summary.get(f"online|{config}|{schedules[0]}|{rate}")
         if noisy and noisy["closed"] and online and online["closed"] and online["closed"]["mean"] > 0:
             result[f"noisy_{rate:g}_share_of_gain"] = round(noisy["closed"]["mean"] / online["closed"]["mean"], 3)
     return result
+
+
+def active_crawling(rows: list[dict[str, Any]], kind: str, config: str, schedule: str,
+                    rate: float) -> dict[str, Any] | None:
+    """The first configuration beside the configuration that crawls every query (share 'all'):
+    its crawl requests as a share of that one's and the difference in gap closed (mean over the
+    data sets both ran on)."""
+    def runs(match) -> dict[str, dict[str, Any]]:
+        return {r["data"]: r for r in rows if r["kind"] == kind and r.get("wrong_item_rate") == rate
+                and r.get("schedule", schedule) == schedule and match(r)}
+
+    chosen = runs(lambda r: r["config"] == config)
+    everything = runs(lambda r: r.get("crawl_share") == "all" and r["config"] != config
+                      and r.get("mode") == "live")
+    both = [d for d in chosen if d in everything and chosen[d].get("closed") is not None
+            and everything[d].get("closed") is not None]
+    if not both or all(chosen[d].get("crawl_share") == "all" for d in both):
+        return None
+    crawled = [chosen[d].get("crawled_queries") or 0 for d in both]
+    crawled_all = [everything[d].get("crawled_queries") or 0 for d in both]
+    return {"against": everything[both[0]]["config"], "data_sets": len(both),
+            "requests_share": round(sum(crawled) / max(sum(crawled_all), 1), 3),
+            "closed_mean": round(statistics.fmean(chosen[d]["closed"] for d in both), 3),
+            "closed_mean_all": round(statistics.fmean(everything[d]["closed"] for d in both), 3),
+            "closed_diff": round(statistics.fmean(chosen[d]["closed"] - everything[d]["closed"] for d in both), 3)}
 
 
 def main() -> int:
@@ -362,7 +409,8 @@ def main() -> int:
     parser.add_argument("--wrong-item-rate", default="0.2",
                         help="the shop's share of wrong items, comma-separated (the first is the main grid)")
     parser.add_argument("--configs", default="default;prototype",
-                        help="online option sets: presets (default, prototype) or NAME:option=value,...; "
+                        help="online option sets: presets (default, all = every query crawled, prototype) or "
+                             "NAME:option=value,...; "
                              "separate with ';'")
     parser.add_argument("--tta-configs", default="default;prototype", help="test-time option sets, as --configs")
     parser.add_argument("--schedules", default="epoch,100",

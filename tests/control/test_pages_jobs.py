@@ -39,7 +39,7 @@ def _training_history(store: JobStore, job_id: str) -> None:
                      missing={"timeout": 1, "leakage": 1 - batch % 2}, wait_ms=120.0 + batch, loss=1.5)
             emit(store, job_id, "online_pass", split="valid", epoch=step // 10, pass_index=step // 10,
                  queries=24, pairs=19, missing={"timeout": 3, "leakage": 2}, steps=3, dropped_disagreeing=12,
-                 replay_pairs=57, wall_s=4.5)
+                 replay_pairs=57, skipped_active=10, wall_s=4.5)
     store.update(job_id, progress={"step": 20, "total_steps": 40, "epoch": 1, "phase": "train", "loss": 0.15,
                                    "eta_s": 65, "validation": {"r1": 20, "r5": 40, "r10": 60, "mr": 40}})
 
@@ -74,8 +74,8 @@ def test_training_job(control, redis_client, browser, tmp_path):
     # Online figures: missing images by reason over the whole run, and one row per pass.
     assert browser.find_element(By.ID, "online-missing").text == "Missing images by reason: timeout 6, leakage 4"
     # Steps taken, pictures dropped as disagreeing, offline pairs replayed.
-    assert table_rows(browser, "online-passes") == [["valid", "1", "1", "24", "19", "5", "3", "12", "57", "4.5s"],
-                                                    ["valid", "2", "2", "24", "19", "5", "3", "12", "57", "4.5s"]]
+    assert table_rows(browser, "online-passes") == [["valid", "1", "1", "24", "19", "5", "3", "12", "57", "10", "4.5s"],
+                                                    ["valid", "2", "2", "24", "19", "5", "3", "12", "57", "10", "4.5s"]]
     facts = browser.find_element(By.ID, "job-facts").text
     assert "20 / 40" in facts and "ETA: 1m 5s" in facts and "Online: live" in facts
     assert browser.find_element(By.ID, "job-title").text == "muge-base \u00b7 training"
@@ -212,9 +212,9 @@ def test_test_time_online_prediction(control, redis_client, browser, tmp_path):
     assert chart_points(browser, "chart-online-pairs") == [12, 12, 12]
     assert chart_points(browser, "chart-online-loss") == [12]
     # A pass recorded before the steps and the filter were counted shows "-" for them.
-    assert table_rows(browser, "online-passes") == [["test", "1", "1", "64", "56", "8", "-", "-", "-", "13s"],
-                                                    ["test", "2", "2", "64", "56", "8", "-", "-", "-", "14s"],
-                                                    ["test", "3", "3", "64", "56", "8", "-", "-", "-", "15s"]]
+    assert table_rows(browser, "online-passes") == [["test", "1", "1", "64", "56", "8", "-", "-", "-", "-", "13s"],
+                                                    ["test", "2", "2", "64", "56", "8", "-", "-", "-", "-", "14s"],
+                                                    ["test", "3", "3", "64", "56", "8", "-", "-", "-", "-", "15s"]]
     assert table_rows(browser, "metrics-table") == [["before online learning", "20", "45", "55", "40"],
                                                     ["final (after online learning)", "30", "60", "70", "53.33"]]
     assert browser.find_element(By.ID, "online-missing").text == "Missing images by reason: failed 24"

@@ -89,6 +89,8 @@
               {text: F.num(p.steps), cls: "num"}, {text: F.num(p.dropped_disagreeing), cls: "num",
                title: "crawled pictures left out as disagreeing with the query's other pictures"},
               {text: F.num(p.replay_pairs), cls: "num", title: "offline pairs mixed into the online steps"},
+              {text: F.num(p.skipped_active), cls: "num",
+               title: "queries not crawled: active crawling asks only for those with the rarest words"},
               {text: F.duration(p.wall_s), cls: "num"}];
     }));
   }

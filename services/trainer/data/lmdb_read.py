@@ -81,6 +81,17 @@ class LmdbSplit:
         image_id, text_id, text = pickle.loads(value)
         return image_id, text_id, text
 
+    def texts(self) -> dict[Any, str]:
+        """Every distinct text of the split by its text id, read in one transaction."""
+        out: dict[Any, str] = {}
+        with open_readonly(self.pairs_path).begin() as txn:
+            for index in range(self.num_samples):
+                value = txn.get(str(index).encode("utf-8"))
+                if value is not None:
+                    _, text_id, text = pickle.loads(value)
+                    out.setdefault(text_id, text)
+        return out
+
     def image_ids(self) -> list[int | str]:
         """Every image id of the split, numerically sorted when all are numbers."""
         with open_readonly(self.imgs_path).begin() as txn:

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from services.trainer.data.transforms import image_transform
+from services.trainer.data.lmdb_read import LmdbSplit
+from services.trainer.online.active import chooser_from
 from services.trainer.online.leakage import LeakageGuard
 from services.trainer.online.budget import StepBudget
 from services.trainer.online.learner import Levers, OnlineLearner
@@ -17,6 +19,7 @@ from services.trainer.online.sources import make_source
 from services.trainer.train.distributed import DistEnv
 from services.trainer.train.step import TrainStep
 from shared import layout
+from shared.image_cache import ImageCache
 from shared.settings import common_settings
 
 log = logging.getLogger("cnclip.online")
@@ -39,8 +42,8 @@ def build_learner(options: Any, env: DistEnv, step: TrainStep, resolution: int, 
                   trace: Callable[[dict], None] | None = None, replay_data: str | None = None,
                   start_step: int = 0, schedule: Callable[[int], float] | None = None) -> OnlineLearner:
     """``options`` carries the OnlineOptions fields (a TrainConfig or a PredictConfig);
-    ``replay_data`` is the LMDB split whose pairs are replayed (training: its training split;
-    test time: online_replay_data), ``start_step`` the training step the run starts at and
+    ``replay_data`` is the LMDB split whose pairs are replayed and whose texts measure a query's
+    novelty for active crawling (training: its training split; test time: online_replay_data), ``start_step`` the training step the run starts at and
     ``schedule`` the training schedule's rate at a step (None at test time)."""
     guard = None
     if options.online_dedupe_gallery and gallery:
@@ -55,10 +58,14 @@ def build_learner(options: Any, env: DistEnv, step: TrainStep, resolution: int, 
     replay = None
     if replay_data and options.online_replay > 0:
         replay = ReplayPairs(replay_data, resolution, options.context_length, options.seed, env.rank)
+    crawl = None
+    if options.online == "live":  # from the cache nothing is asked of a crawler
+        crawl = chooser_from(options.online_crawl_share, lambda: LmdbSplit(replay_data).texts(),
+                             lambda split, query: query in ImageCache(cache_dir, split), replay_data)
     levers = Levers(budget=StepBudget(options.online_step_ratio, start_step, schedule=schedule,
                                       test_steps=options.online_batch_steps),
                     cycle_images=options.online_cycle_images, keep_images=options.online_keep_images,
-                    replay=replay, replay_ratio=options.online_replay)
+                    replay=replay, replay_ratio=options.online_replay, crawl=crawl)
     return OnlineLearner(source=source, step=step, env=env, transform=image_transform(resolution),
                          emit=emit, seed=options.seed, images_per_query=options.online_images,
                          login_timeout_s=options.online_login_timeout_s, image_index=image_index,

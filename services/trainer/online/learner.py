@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from PIL import Image
 
+from services.trainer.online.active import CrawlChooser
 from services.trainer.online.agreement import agreeing
 from services.trainer.online.budget import StepBudget
 from services.trainer.online.replay import ReplayPairs
@@ -53,6 +54,7 @@ class PassTotals:
     dropped_leaked: int = 0
     dropped_disagreeing: int = 0
     replay_pairs: int = 0
+    skipped_active: int = 0
     missing: Counter = field(default_factory=Counter)
     started: float = field(default_factory=time.perf_counter)
 
@@ -60,13 +62,14 @@ class PassTotals:
 @dataclass
 class Levers:
     """What decides how much and from what the learner learns (OnlineOptions' levers, built
-    by the factory): the step budget, picture order and filter, replay."""
+    by the factory): the step budget, which queries are crawled, picture order and filter, replay."""
 
     budget: StepBudget = field(default_factory=lambda: StepBudget(None))
     cycle_images: bool = False  # each use of a query takes its next kept picture
     keep_images: int | None = None  # the pictures that agree most with the query's others
     replay: ReplayPairs | None = None
     replay_ratio: float = 0.0  # offline pairs per crawled pair in a step
+    crawl: CrawlChooser | None = None  # active crawling; None: every query is crawled
 
 
 class OnlineLearner:
@@ -94,10 +97,11 @@ class OnlineLearner:
         self._login_checked = False
         self._uses: Counter = Counter()  # how often each query has been learnt from (picture cycling)
         self._kept: dict[str, list[int]] = {}  # this pass's agreeing pictures of each query
+        self._crawled: set[str] | None = None  # this pass's queries to learn from (active crawling)
 
     # ---- the OnlineHook seam ---------------------------------------------------------------
     def prefetch(self, split: str, texts: Sequence[str]) -> None:
-        self.source.prefetch(split, texts)
+        self.source.prefetch(split, self._choose(split, texts))
 
     def before_eval(self, split: str, texts: Sequence[str], *, epoch: int | None = None,
                     train_step: int | None = None, batches: int | None = None) -> None:
@@ -107,7 +111,16 @@ class OnlineLearner:
         self._totals = PassTotals()
         self._kept = {}
         self.levers.budget.start_pass(train_step, batches)
+        self._crawled = None
+        texts = self._choose(split, texts)
         self.source.start_pass(split, texts, self.pass_index)
+
+    def _choose(self, split: str, texts: Sequence[str]) -> Sequence[str]:
+        """The queries to ask the source for, in order of use (all of them without active crawling)."""
+        if self.levers.crawl is None:
+            return texts
+        self._crawled, _ = self.levers.crawl.choose(split, texts)
+        return [text for text in texts if text in self._crawled]
 
     def on_eval_batch(self, split: str, batch_index: int, batch: Any) -> None:
         self.learn(split, batch_index, batch.texts, batch.input_ids, batch.attention_mask)
@@ -119,7 +132,7 @@ class OnlineLearner:
                   queries=totals.queries, pairs=totals.pairs, steps=totals.steps,
                   missing=dict(totals.missing), dropped_leaked=totals.dropped_leaked,
                   dropped_disagreeing=totals.dropped_disagreeing, replay_pairs=totals.replay_pairs,
-                  cache_hits=counters.get("cache_hits", 0), source=counters,
+                  skipped_active=totals.skipped_active, cache_hits=counters.get("cache_hits", 0), source=counters,
                   wall_s=round(time.perf_counter() - totals.started, 3), online_step=self.online_steps)
         log.info("online pass %d (%s): %d queries, %d pairs, %d steps, missing %s, %d disagreeing dropped",
                  self.pass_index, split, totals.queries, totals.pairs, totals.steps, dict(totals.missing),
@@ -136,12 +149,17 @@ class OnlineLearner:
         first_row: dict[str, int] = {}
         for row, text in enumerate(texts):
             first_row.setdefault(text, row)  # a query paired with several images counts once
-        fetched = self.source.take(list(first_row))
+        skipped = 0
+        if self._crawled is not None:  # active crawling left the others uncrawled
+            skipped = sum(text not in self._crawled for text in first_row)
+        fetched = self.source.take([t for t in first_row if self._crawled is None or t in self._crawled])
         wait_ms = round((time.perf_counter() - started) * 1000, 1)
         n_steps = self.levers.budget.steps_for_batch()
         missing, leaked, disagreeing = Counter(), 0, 0
         pictures: dict[str, list[tuple[torch.Tensor, bytes]]] = {}
         for text in first_row:
+            if self._crawled is not None and text not in self._crawled:
+                continue
             got = fetched.get(text) or Fetched(text, reason="failed")
             leaked += got.dropped_leaked
             usable = self._pictures(got) if n_steps else [(None, b"")] * len(got.images)
@@ -179,6 +197,7 @@ class OnlineLearner:
             totals.dropped_leaked += leaked
             totals.dropped_disagreeing += disagreeing
             totals.replay_pairs += replayed
+            totals.skipped_active += skipped
             totals.missing.update(missing)
             totals.steps += stepped
         if self.trace is not None:
@@ -187,7 +206,8 @@ class OnlineLearner:
                         "steps": stepped, "online_step": self.online_steps})
         self.emit("online", split=split, batch=batch_index, pass_index=self.pass_index,
                   queries=len(first_row), pairs=len(pictures), missing=dict(missing), dropped_leaked=leaked,
-                  dropped_disagreeing=disagreeing, replay_pairs=replayed, steps=stepped,
+                  dropped_disagreeing=disagreeing, replay_pairs=replayed, skipped_active=skipped,
+                  steps=stepped,
                   wait_ms=wait_ms, loss=loss, online_step=self.online_steps,
                   image_index=None if self.levers.cycle_images else self.image_index(self.pass_index),
                   pairs_sha256=used.hexdigest()[:16])

@@ -1,0 +1,48 @@
+"""Active crawling: the run asks the crawler only for the share of its queries whose words its
+training texts know least; queries already cached are used for free."""
+from __future__ import annotations
+
+import pytest
+
+from services.trainer.online.active import CrawlChooser, chooser_from
+
+TRAINING = ["红色条纹T恤", "红色纯色杯子", "蓝色条纹杯子", "蓝色纯色T恤", "绿色格子T恤"]
+
+
+def _chooser(share, cached=()):
+    return CrawlChooser(share, TRAINING, lambda split, query: query in cached)
+
+
+def test_queries_with_words_the_training_texts_never_use_are_crawled_first():
+    chooser = _chooser(0.5)
+    queries = ["红色条纹T恤", "紫色条纹鞋", "蓝色纯色杯子", "紫色格子T恤"]
+    use, skipped = chooser.choose("valid", queries)
+    # 紫 and 鞋 are unknown words; 紫色条纹鞋 has two of them (0, 0, ...) and ranks first.
+    assert use == {"紫色条纹鞋", "紫色格子T恤"} and skipped == 2
+    assert chooser.novelty("紫色条纹鞋") < chooser.novelty("紫色格子T恤") < chooser.novelty("红色条纹T恤")
+
+
+def test_the_share_bounds_the_requests_over_every_pass():
+    chooser = _chooser(0.5)
+    queries = ["红色条纹T恤", "紫色条纹鞋", "蓝色纯色杯子", "紫色格子T恤"]
+    first, _ = chooser.choose("valid", queries)
+    again, _ = chooser.choose("valid", list(reversed(queries)))
+    assert again == first  # a later pass asks for nothing new
+    # New queries earn new room: half of the six distinct queries met so far.
+    later, skipped = chooser.choose("valid", ["橙色格子包", "红色纯色杯子"])
+    assert later == {"橙色格子包"} and skipped == 1
+    assert chooser.choose("test", ["橙色格子包"])[0] == {"橙色格子包"}  # splits count apart
+
+
+def test_cached_queries_are_used_and_do_not_count_against_the_share():
+    chooser = _chooser(0.25, cached={"红色条纹T恤", "蓝色纯色杯子"})
+    use, skipped = chooser.choose("valid", ["红色条纹T恤", "蓝色纯色杯子", "紫色条纹鞋", "绿色纯色杯子"])
+    assert use == {"红色条纹T恤", "蓝色纯色杯子", "紫色条纹鞋"} and skipped == 1
+
+
+def test_a_share_out_of_range_is_refused_and_no_share_crawls_everything():
+    with pytest.raises(ValueError, match="crawl share"):
+        _chooser(0)
+    assert chooser_from(None, dict, lambda s, q: False, "x") is None
+    assert chooser_from(1.0, dict, lambda s, q: False, "x") is None
+    assert chooser_from(0.5, dict, lambda s, q: False, None) is None  # nothing to measure novelty on
