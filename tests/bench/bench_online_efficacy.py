@@ -408,11 +408,11 @@ def main() -> int:
                         help="held-out sets, ';'-separated (attribute=value,...)")
     parser.add_argument("--wrong-item-rate", default="0.2",
                         help="the shop's share of wrong items, comma-separated (the first is the main grid)")
-    parser.add_argument("--configs", default="default;prototype",
+    parser.add_argument("--configs", default="default;all;prototype",
                         help="online option sets: presets (default, all = every query crawled, prototype) or "
                              "NAME:option=value,...; "
                              "separate with ';'")
-    parser.add_argument("--tta-configs", default="default;prototype", help="test-time option sets, as --configs")
+    parser.add_argument("--tta-configs", default="default;all;prototype", help="test-time option sets, as --configs")
     parser.add_argument("--schedules", default="epoch,100",
                         help="validation schedules: 'epoch' (every epoch) or N (every N steps), comma-separated")
     parser.add_argument("--valid-step-interval", type=int, default=None,
@@ -420,7 +420,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=200, help="training steps")
     parser.add_argument("--n-train", type=int, default=512)
     parser.add_argument("--n-valid", type=int, default=64)
-    parser.add_argument("--n-test", type=int, default=64)
+    parser.add_argument("--n-test", type=int, default=128)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--context-length", type=int, default=24, help="tokens per caption (they are short)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -431,6 +431,7 @@ def main() -> int:
     parser.add_argument("--tta-replay", action=argparse.BooleanOptionalAction, default=True,
                         help="give test-time online the training split as online_replay_data")
     parser.add_argument("--no-tta", action="store_true")
+    parser.add_argument("--no-online", action="store_true", help="test-time online only (with --tta-configs)")
     parser.add_argument("--cache-repeat", action="store_true", help="replay the live run from its cache too")
     parser.add_argument("--rows", default=None, help="append every run's row to this JSON-lines file")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
@@ -468,8 +469,9 @@ def main() -> int:
             with online_stack(workdir / f"stack-{rate:g}", shop_env=shop_env) as stack:
                 # Further rates: the first seed's data sets (one per held-out set).
                 for data in datasets if r == 0 else datasets[:len(held_sets)]:
-                    grid.run_online(data, rate, configs if r == 0 else configs[:1],
-                                    schedules if r == 0 else schedules[:1], args.cache_repeat and r == 0)
+                    if not args.no_online:
+                        grid.run_online(data, rate, configs if r == 0 else configs[:1],
+                                        schedules if r == 0 else schedules[:1], args.cache_repeat and r == 0)
                     if not args.no_tta:
                         grid.run_tta(data, rate, tta_configs if r == 0 else tta_configs[:1])
             leftovers += [str(p) for p in stack.leftovers]
