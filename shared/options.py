@@ -34,7 +34,11 @@ ReportTo = Literal["none", "tensorboard"]  # experiment loggers a training run a
 
 DEFAULT_MAX_EPOCHS = 32  # Chinese-CLIP's default when neither length is given
 # Online steps per training step (online_step_ratio's default; docs/architecture.md says why).
-ONLINE_CRAWL_SHARE = 0.5  # active crawling: see services/trainer/online/active.py
+# Active crawling (services/trainer/online/active.py): what `online_crawl_share auto` means. In
+# training, half the queries gained as much as all of them on the efficacy grid; at test time
+# every query gained more (docs/architecture.md, "Online learning: what pays").
+ONLINE_CRAWL_SHARE_TRAINING = 0.5
+ONLINE_CRAWL_SHARE_TEST_TIME = None
 ONLINE_STEP_RATIO = 0.25
 
 # ---- model names ---------------------------------------------------------------------------
@@ -190,15 +194,24 @@ class OnlineOptions(_Options):
     online_replay_data: PathText | None = Field(
         None, json_schema_extra=INPUT,
         description="test time: LMDB split of offline pairs to replay (e.g. the training split); none: no replay")
-    online_crawl_share: Annotated[float | None, BeforeValidator(_none_word)] = Field(
-        ONLINE_CRAWL_SHARE, gt=0, le=1,
+    online_crawl_share: Annotated[Annotated[float, Field(gt=0, le=1)] | Literal["auto"] | None,
+                                  BeforeValidator(_none_word)] = Field(
+        "auto",
         description="live: ask the crawler for at most this share of a split's queries, those whose words are "
                     "rarest in the training texts first (online_replay_data at test time); queries already "
-                    "in the cache are always used; none: crawl every query")
+                    "in the cache are always used; none: crawl every query; auto: "
+                    f"{ONLINE_CRAWL_SHARE_TRAINING:g} in training, every query at test time")
     online_interpolate: float = Field(
         1.0, gt=0, le=1,
         description="test time: keep this share of the change adaptation made to the weights (w0 + a (w - w0), "
                     "as WiSE-FT); 1: the adapted weights as they are")
+
+
+def crawl_share(setting: float | str | None, *, test_time: bool) -> float | None:
+    """The share of a split's queries a live run asks the crawler for (None: every query)."""
+    if setting == "auto":
+        return ONLINE_CRAWL_SHARE_TEST_TIME if test_time else ONLINE_CRAWL_SHARE_TRAINING
+    return None if setting is None else float(setting)
 
 
 LEGACY_ONLINE_FLAGS = ("--online-learning", "--online-cache")

@@ -57,7 +57,7 @@ from services.trainer.train.distributed import DistEnv  # noqa: E402
 from services.trainer.train.loop import Trainer  # noqa: E402
 from shared.image_cache import ImageCache  # noqa: E402
 from shared.muge import read_ground_truth, read_predictions, recall_metrics  # noqa: E402
-from shared.options import OnlineOptions  # noqa: E402
+from shared.options import OnlineOptions, crawl_share  # noqa: E402
 from shared.synthetic.dataset import make_synthetic_dataset  # noqa: E402
 from tests.bench.online_stack import online_stack  # noqa: E402
 
@@ -69,7 +69,8 @@ TINY = dict(vision_model="tiny", text_model="tiny", precision="fp32", device="cp
 PROTOTYPE = dict(online_step_ratio=None, online_batch_steps=1, online_cycle_images=False, online_keep_images=None,
                  online_replay=0.0, online_interpolate=1.0, online_crawl_share=None)
 CRAWL_ALL = dict(online_crawl_share=None)
-PRESETS: dict[str, dict[str, Any]] = {"default": {}, "prototype": PROTOTYPE, "all": CRAWL_ALL}
+CRAWL_HALF = dict(online_crawl_share=0.5)
+PRESETS: dict[str, dict[str, Any]] = {"default": {}, "prototype": PROTOTYPE, "all": CRAWL_ALL, "half": CRAWL_HALF}
 # Targets over the grid (shares of the offline gap closed; MR points lost on seen concepts).
 TARGETS = {"online_closed_mean": 0.75, "online_closed_worst": 0.4, "online_seen_lost_max": 1.0,
            "tta_closed_mean": 0.75, "tta_closed_worst": 0.4, "tta_seen_lost_max": 2.0,
@@ -165,10 +166,11 @@ def online_summary(passes: list[dict[str, Any]]) -> dict[str, Any]:
             "submitted": sum((p.get("source") or {}).get("submitted", 0) for p in passes)}
 
 
-def crawl_share(options: dict[str, Any]) -> str:
+def share_label(options: dict[str, Any], *, test_time: bool) -> str:
     """Runs that ask the crawler for the same queries share a cache (named by their share)."""
-    share = options.get("online_crawl_share", OnlineOptions.model_fields["online_crawl_share"].default)
-    return "all" if share is None else f"{float(share):g}"
+    share = crawl_share(options.get("online_crawl_share", OnlineOptions.model_fields["online_crawl_share"].default),
+                        test_time=test_time)
+    return "all" if share is None else f"{share:g}"
 
 
 class Grid:
@@ -267,7 +269,7 @@ class Grid:
         for c, (config_name, options) in enumerate(configs):
             # Every schedule for the first configuration; the others on the first schedule.
             for s, schedule in enumerate(schedules if c == 0 else schedules[:1]):
-                share = crawl_share(options)
+                share = share_label(options, test_time=False)
                 cache = data.root / f"cache-train-{rate:g}-{share}"
                 live = share not in crawled
                 crawled.add(share)
@@ -281,7 +283,7 @@ class Grid:
                             schedule=schedule, wrong_item_rate=rate, crawl_share=share)
         if cache_repeat:
             config_name, options = configs[0]
-            cache = data.root / f"cache-train-{rate:g}-{crawl_share(options)}"
+            cache = data.root / f"cache-train-{rate:g}-{share_label(options, test_time=False)}"
             name = f"online-{rate:g}-{config_name}-{schedules[0]}-repeat"
             checkpoint, info = self.train(data, name, schedules[0], online="cache", online_cache_dir=str(cache),
                                           **options)
@@ -293,7 +295,7 @@ class Grid:
         checkpoint = data.root / "runs" / "offline" / "checkpoints" / "epoch_latest.pt"
         crawled: set[str] = set()
         for config_name, options in configs:
-            share = crawl_share(options)
+            share = share_label(options, test_time=True)
             cache = data.root / f"cache-test-{rate:g}-{share}"
             mode = "cache" if share in crawled else "live"
             crawled.add(share)
@@ -364,40 +366,47 @@ def verdict(rows: list[dict[str, Any]], summary: dict[str, Any], args: argparse.
         if diffs:
             result["schedule_closed_diff_mean"] = round(statistics.fmean(diffs), 3)
             result["schedule_closed_diff_max"] = round(max(diffs), 3)
-    for kind, first in (("online", config), ("tta", tta_configs[0])):
-        active = active_crawling(rows, kind, first, schedules[0], main_rate)
+    for kind in ("online", "tta"):
+        active = active_crawling(rows, kind, schedules[0], main_rate)
         if active:
             result[f"{kind}_active_crawling"] = active
-    for rate in rates[1:]:
-        noisy = summary.get(f"online|{config}|{schedules[0]}|{rate}")
-        if noisy and noisy["closed"] and online and online["closed"] and online["closed"]["mean"] > 0:
-            result[f"noisy_{rate:g}_share_of_gain"] = round(noisy["closed"]["mean"] / online["closed"]["mean"], 3)
+    # Further rates ran on fewer data sets: their gain against the main rate's on those same sets.
+    for kind, first in (("online", config), ("tta", tta_configs[0])):
+        def closed_by_data(rate: float) -> dict[str, float]:
+            return {r["data"]: r["closed"] for r in rows if r["kind"] == kind and r.get("config") == first
+                    and r.get("wrong_item_rate") == rate and r.get("schedule", schedules[0]) == schedules[0]
+                    and r.get("closed") is not None}
+        main = closed_by_data(main_rate)
+        for rate in rates[1:]:
+            noisy = closed_by_data(rate)
+            common = [d for d in noisy if d in main]
+            base = statistics.fmean(main[d] for d in common) if common else 0.0
+            if common and base > 0:
+                result[f"{kind}_noisy_{rate:g}_share_of_gain"] = round(statistics.fmean(noisy[d] for d in common) / base, 3)
     return result
 
 
-def active_crawling(rows: list[dict[str, Any]], kind: str, config: str, schedule: str,
-                    rate: float) -> dict[str, Any] | None:
-    """The first configuration beside the configuration that crawls every query (share 'all'):
-    its crawl requests as a share of that one's and the difference in gap closed (mean over the
-    data sets both ran on)."""
-    def runs(match) -> dict[str, dict[str, Any]]:
+def active_crawling(rows: list[dict[str, Any]], kind: str, schedule: str, rate: float) -> dict[str, Any] | None:
+    """The live run that crawled a share of the queries beside the live run that crawled them all
+    (same kind, schedule and rate): its crawl requests as a share of that one's and the
+    difference in gap closed (mean over the data sets both ran on)."""
+    def live(match) -> dict[str, dict[str, Any]]:
         return {r["data"]: r for r in rows if r["kind"] == kind and r.get("wrong_item_rate") == rate
-                and r.get("schedule", schedule) == schedule and match(r)}
+                and r.get("schedule", schedule) == schedule and r.get("mode") == "live" and match(r)}
 
-    chosen = runs(lambda r: r["config"] == config)
-    everything = runs(lambda r: r.get("crawl_share") == "all" and r["config"] != config
-                      and r.get("mode") == "live")
-    both = [d for d in chosen if d in everything and chosen[d].get("closed") is not None
+    active = live(lambda r: r.get("crawl_share") != "all")
+    everything = live(lambda r: r.get("crawl_share") == "all")
+    both = [d for d in active if d in everything and active[d].get("closed") is not None
             and everything[d].get("closed") is not None]
-    if not both or all(chosen[d].get("crawl_share") == "all" for d in both):
+    if not both:
         return None
-    crawled = [chosen[d].get("crawled_queries") or 0 for d in both]
+    crawled = [active[d].get("crawled_queries") or 0 for d in both]
     crawled_all = [everything[d].get("crawled_queries") or 0 for d in both]
-    return {"against": everything[both[0]]["config"], "data_sets": len(both),
+    return {"active": active[both[0]]["config"], "all": everything[both[0]]["config"], "data_sets": len(both),
             "requests_share": round(sum(crawled) / max(sum(crawled_all), 1), 3),
-            "closed_mean": round(statistics.fmean(chosen[d]["closed"] for d in both), 3),
+            "closed_mean": round(statistics.fmean(active[d]["closed"] for d in both), 3),
             "closed_mean_all": round(statistics.fmean(everything[d]["closed"] for d in both), 3),
-            "closed_diff": round(statistics.fmean(chosen[d]["closed"] - everything[d]["closed"] for d in both), 3)}
+            "closed_diff": round(statistics.fmean(active[d]["closed"] - everything[d]["closed"] for d in both), 3)}
 
 
 def main() -> int:
@@ -409,10 +418,11 @@ def main() -> int:
     parser.add_argument("--wrong-item-rate", default="0.2",
                         help="the shop's share of wrong items, comma-separated (the first is the main grid)")
     parser.add_argument("--configs", default="default;all;prototype",
-                        help="online option sets: presets (default, all = every query crawled, prototype) or "
+                        help="online option sets: presets (default, all = every query crawled, half = active "
+                             "crawling of half the queries, prototype) or "
                              "NAME:option=value,...; "
                              "separate with ';'")
-    parser.add_argument("--tta-configs", default="default;all;prototype", help="test-time option sets, as --configs")
+    parser.add_argument("--tta-configs", default="default;half;prototype", help="test-time option sets, as --configs")
     parser.add_argument("--schedules", default="epoch,100",
                         help="validation schedules: 'epoch' (every epoch) or N (every N steps), comma-separated")
     parser.add_argument("--valid-step-interval", type=int, default=None,

@@ -20,6 +20,7 @@ from services.trainer.train.distributed import DistEnv
 from services.trainer.train.step import TrainStep
 from shared import layout
 from shared.image_cache import ImageCache
+from shared.options import crawl_share
 from shared.settings import common_settings
 
 log = logging.getLogger("cnclip.online")
@@ -44,7 +45,7 @@ def build_learner(options: Any, env: DistEnv, step: TrainStep, resolution: int, 
     """``options`` carries the OnlineOptions fields (a TrainConfig or a PredictConfig);
     ``replay_data`` is the LMDB split whose pairs are replayed and whose texts measure a query's
     novelty for active crawling (training: its training split; test time: online_replay_data), ``start_step`` the training step the run starts at and
-    ``schedule`` the training schedule's rate at a step (None at test time)."""
+    ``schedule`` the training schedule's rate at a step (None: test time)."""
     guard = None
     if options.online_dedupe_gallery and gallery:
         guard = LeakageGuard.from_lmdb(gallery)
@@ -60,7 +61,8 @@ def build_learner(options: Any, env: DistEnv, step: TrainStep, resolution: int, 
         replay = ReplayPairs(replay_data, resolution, options.context_length, options.seed, env.rank)
     crawl = None
     if options.online == "live":  # from the cache nothing is asked of a crawler
-        crawl = chooser_from(options.online_crawl_share, lambda: LmdbSplit(replay_data).texts(),
+        share = crawl_share(options.online_crawl_share, test_time=schedule is None)
+        crawl = chooser_from(share, lambda: LmdbSplit(replay_data).texts(),
                              lambda split, query: query in ImageCache(cache_dir, split), replay_data)
     levers = Levers(budget=StepBudget(options.online_step_ratio, start_step, schedule=schedule,
                                       test_steps=options.online_batch_steps),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.trainer.online.active import CrawlChooser, chooser_from
+from shared.options import crawl_share
 
 TRAINING = ["红色条纹T恤", "红色纯色杯子", "蓝色条纹杯子", "蓝色纯色T恤", "绿色格子T恤"]
 
@@ -46,3 +47,20 @@ def test_a_share_out_of_range_is_refused_and_no_share_crawls_everything():
     assert chooser_from(None, dict, lambda s, q: False, "x") is None
     assert chooser_from(1.0, dict, lambda s, q: False, "x") is None
     assert chooser_from(0.5, dict, lambda s, q: False, None) is None  # nothing to measure novelty on
+
+
+def test_auto_halves_the_crawl_in_training_and_crawls_everything_at_test_time():
+    from pydantic import ValidationError
+
+    from services.trainer.cli import build_parser
+    from shared.options import OnlineOptions
+
+    assert crawl_share("auto", test_time=False) == 0.5 and crawl_share("auto", test_time=True) is None
+    assert crawl_share(0.25, test_time=True) == 0.25 and crawl_share(None, test_time=False) is None
+    assert OnlineOptions().online_crawl_share == "auto"
+    args = build_parser("train").parse_args(["train", "--online-crawl-share", "0.3"])
+    assert OnlineOptions(online_crawl_share=args.online_crawl_share).online_crawl_share == 0.3  # as the CLI gives it
+    assert OnlineOptions(online_crawl_share="none").online_crawl_share is None
+    for bad in ("1.5", "0", "half"):
+        with pytest.raises(ValidationError, match="online_crawl_share"):
+            OnlineOptions(online_crawl_share=bad)
