@@ -52,7 +52,7 @@ from services.trainer.data.lmdb_build import build_lmdb  # noqa: E402
 from services.trainer.predict.config import PredictConfig  # noqa: E402
 from services.trainer.predict.run import predict  # noqa: E402
 from services.trainer.train.config import TrainConfig  # noqa: E402
-from services.trainer.train.distributed import DistEnv  # noqa: E402
+from services.trainer.engine.distributed import DistEnv  # noqa: E402
 from services.trainer.train.loop import Trainer  # noqa: E402
 from shared.image_cache import ImageCache  # noqa: E402
 from shared.muge import read_ground_truth, read_predictions, recall_metrics  # noqa: E402

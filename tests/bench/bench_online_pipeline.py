@@ -49,7 +49,7 @@ from services.trainer.data.lmdb_build import build_lmdb  # noqa: E402
 from services.trainer.online.client import CrawlClient as TrainerCrawlClient  # noqa: E402
 from services.trainer.online.learner import OnlineLearner, PassTotals  # noqa: E402
 from services.trainer.train.config import TrainConfig  # noqa: E402
-from services.trainer.train.distributed import DistEnv  # noqa: E402
+from services.trainer.engine.distributed import DistEnv  # noqa: E402
 from services.trainer.train.loop import Trainer  # noqa: E402
 from shared.synthetic.dataset import make_synthetic_dataset  # noqa: E402
 from tests.bench.online_stack import online_stack  # noqa: E402
@@ -63,7 +63,7 @@ class SequentialLearner(OnlineLearner):
 
     @classmethod
     def like(cls, learner: OnlineLearner) -> "SequentialLearner":
-        return cls(source=learner.source, step=learner.step, env=learner.env,
+        return cls(source=learner.source, runner=learner.runner, env=learner.env,
                    transform=learner.transform, emit=learner.emit, seed=learner.seed,
                    images_per_query=learner.images_per_query,
                    login_timeout_s=learner.login_timeout_s, levers=learner.levers)

@@ -12,9 +12,9 @@ from torch import nn
 from services.trainer.cli import main
 from services.trainer.train.config import TrainConfig
 from services.trainer.train.data import Batch
-from services.trainer.train.distributed import DistEnv
+from services.trainer.engine.distributed import DistEnv
 from services.trainer.train.loop import Trainer
-from services.trainer.train.step import MAX_LOGIT_SCALE, no_weight_decay
+from services.trainer.engine.step import MAX_LOGIT_SCALE, no_weight_decay
 from services.trainer.train.online import NoOnline
 
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend=None)

@@ -13,12 +13,12 @@ from typing import Any, Callable, Mapping
 import torch
 
 from services.trainer.data.texts import TextsDataset
-from services.trainer.model import ContrastiveModel, image_resolution
+from services.trainer.model import image_resolution
 from services.trainer.model.checkpoint import save_checkpoint
 from services.trainer.online.factory import build_learner, crawl_identity
-from services.trainer.precision import half_weights
-from services.trainer.train.distributed import DistEnv
-from services.trainer.train.step import TrainStep, build_optimizer
+from services.trainer.engine.precision import half_weights
+from services.trainer.engine.build import build_engine
+from services.trainer.engine.distributed import DistEnv
 
 log = logging.getLogger("cnclip.online")
 
@@ -47,17 +47,13 @@ def adapt(model: torch.nn.Module, checkpoint: Mapping[str, Any], config: Any, de
     """Adapt ``model`` (on ``device``, loaded from ``checkpoint``: its path, epoch and step as
     ``pipeline.load_model`` returns them) in place and save it. Returns the adapted
     checkpoint's path."""
-    env = DistEnv(rank=0, world_size=1, local_rank=0, device=device, backend=None)
-    if half_weights(config.precision):
-        model.half()
+    env = DistEnv.alone(device)
     model.train()
-    optimizer = build_optimizer(model, config)
-    step = TrainStep(forward=ContrastiveModel(model), model=model, optimizer=optimizer, env=env,
-                     precision=config.precision, loss=config.loss, dsl_temperature=config.dsl_temperature)
+    engine = build_engine(model, config, env)
     k = config.online_images
     # Each ensemble member asks for the same queries: its requests must not be taken for another's.
     identity = crawl_identity(config.job_id, config.name) + (f"-member{member}" if member is not None else "")
-    learner = build_learner(config, env, step, image_resolution(config.vision_model), emit,
+    learner = build_learner(config, env, engine.runner, image_resolution(config.vision_model), emit,
                             gallery=config.image_data, job_id=identity,
                             image_index=lambda pass_index: pass_index % k,
                             replay_data=config.online_replay_data)
@@ -81,7 +77,7 @@ def adapt(model: torch.nn.Module, checkpoint: Mapping[str, Any], config: Any, de
     interpolate(model, initial, config.online_interpolate)
     model.eval()
     path = adapted_name(config, trained_epoch, config.online_max_epochs, member)
-    save_checkpoint(path, model, optimizer, trained_epoch, trained_step,
+    save_checkpoint(path, model, engine.optimizer, trained_epoch, trained_step,
                     path.parent.name, extra={"online_steps": learner.online_steps,
                                              "adapted_from": str(Path(checkpoint["path"]).resolve())})
     if half_weights(config.precision):

@@ -14,8 +14,8 @@ from services.trainer.online.budget import StepBudget
 from services.trainer.online.learner import Levers, OnlineLearner
 from services.trainer.online.replay import ReplayPairs
 from services.trainer.online.sources import make_source
-from services.trainer.train.distributed import DistEnv
-from services.trainer.train.step import TrainStep
+from services.trainer.engine.distributed import DistEnv
+from services.trainer.engine.step import StepRunner
 from shared import layout
 from shared.settings import common_settings
 
@@ -33,7 +33,7 @@ def crawl_identity(job_id: str | None, name: str | None) -> str:
     return job_id or f"{name or 'run'}-{os.getpid()}-{time.time_ns()}"
 
 
-def build_learner(options: Any, env: DistEnv, step: TrainStep, resolution: int, emit: Callable[..., None], *,
+def build_learner(options: Any, env: DistEnv, step: StepRunner, resolution: int, emit: Callable[..., None], *,
                   gallery: str | None, job_id: str, online_steps: int = 0,
                   image_index: Callable[[int], int] = lambda pass_index: 0,
                   trace: Callable[[dict], None] | None = None, replay_data: str | None = None,

@@ -33,8 +33,8 @@ from services.trainer.online.budget import StepBudget
 from services.trainer.online.replay import ReplayPairs
 from services.trainer.online.sources import ImageSource
 from services.trainer.online.types import Fetched
-from services.trainer.train.distributed import DistEnv
-from services.trainer.train.step import TrainStep, step_seed
+from services.trainer.engine.distributed import DistEnv
+from services.trainer.engine.step import StepRunner, step_seed
 
 log = logging.getLogger("cnclip.online")
 
@@ -70,13 +70,13 @@ class Levers:
 
 
 class OnlineLearner:
-    def __init__(self, *, source: ImageSource, step: TrainStep, env: DistEnv, transform: Callable,
+    def __init__(self, *, source: ImageSource, runner: StepRunner, env: DistEnv, transform: Callable,
                  emit: Callable[..., None], seed: int, images_per_query: int,
                  login_timeout_s: float, image_index: Callable[[int], int] = lambda pass_index: 0,
                  online_steps: int = 0, trace: Callable[[dict], None] | None = None,
                  lr: float | None = None, levers: Levers | None = None):
         self.source = source
-        self.step = step
+        self.runner = runner  # the engine's step unit (shared with the training loop)
         self.env = env
         self.transform = transform
         self.emit = emit
@@ -226,7 +226,7 @@ class OnlineLearner:
                 self._kept.setdefault(text, list(range(len(pictures[text]))))
         if not fresh:
             return 0
-        features = self.step.embed_images(torch.stack([p for t in fresh for p, _ in pictures[t]]))
+        features = self.runner.embed_images(torch.stack([p for t in fresh for p, _ in pictures[t]]))
         dropped, start = 0, 0
         for text in fresh:
             n = len(pictures[text])
@@ -266,11 +266,11 @@ class OnlineLearner:
             valid = torch.zeros(longest, dtype=torch.bool)
             valid[:rows] = True
         torch.manual_seed(step_seed(self.seed, ONLINE_SEED_OFFSET + self.online_steps, env.rank))
-        chunk = self.step.to_device(pixels, input_ids, attention_mask, valid)
+        chunk = self.runner.to_device(pixels, input_ids, attention_mask, valid)
         # online_lr when given; else, in training, the rate the budget's steps were earned at.
         rate = self.lr if self.lr is not None else self.levers.budget.rate
-        with _learning_rate(self.step.optimizer, rate):
-            result = self.step([chunk])
+        with _learning_rate(self.runner.optimizer, rate):
+            result = self.runner([chunk])
         self.online_steps += 1
         return result.loss
 

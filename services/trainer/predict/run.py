@@ -21,7 +21,7 @@ from services.trainer.predict.ensemble import (
     write_sidecar,
 )
 from shared.muge import EvaluationError, read_ground_truth, write_predictions
-from services.trainer.precision import resolve_device
+from services.trainer.engine.precision import resolve_device
 from services.trainer.predict.config import PredictConfig
 from services.trainer.predict.pipeline import (
     encode,

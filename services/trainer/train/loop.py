@@ -1,6 +1,6 @@
 """The training loop: Chinese-CLIP fine-tuning under torchrun, with validation.
 
-One optimizer step consumes ``accum_freq`` batches per rank (train/step.py, the step unit that
+One optimizer step consumes ``accum_freq`` batches per rank (engine/step.py, the step runner that
 the online learner and test-time adaptation call too).
 
 Positions are counted in optimizer steps: epoch ``e`` holds ``steps_per_epoch`` steps, and a
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from services.trainer.model import ContrastiveModel, create_model, image_resolution
+from services.trainer.model import create_model, image_resolution
 from services.trainer.model.checkpoint import (
     CheckpointError,
     load_optimizer_state,
@@ -35,15 +35,15 @@ from services.trainer.model.checkpoint import (
 from services.trainer.model.features import unwrap
 from services.trainer.train.config import ConfigError, TrainConfig
 from services.trainer.train.data import Batch, build_train_data, build_valid_data
-from services.trainer.train.distributed import DistEnv, init_distributed
+from services.trainer.engine.distributed import DistEnv, init_distributed
 from services.trainer.train.events import EventSink, JsonLinesSink, MultiSink, NullSink, TqdmSink
-from services.trainer.train.loss import contrastive_loss
+from services.trainer.engine.loss import contrastive_loss
 from services.trainer.train.online import NoOnline, OnlineHook
 from services.trainer.train.retrieval import recall_at_k
 from services.trainer.train.schedule import warmup_cosine, warmup_cosine_lr
-from services.trainer.train.step import StepResult, TrainStep, build_optimizer, step_seed
+from services.trainer.engine.build import build_engine
+from services.trainer.engine.step import StepResult, step_seed
 from services.trainer.online.learner import OnlineLoginTimeout
-from services.trainer.precision import half_weights
 from shared.muge import write_predictions
 from shared.options import TrainOptions
 
@@ -147,22 +147,8 @@ class Trainer:
         checkpoint = self._load_resume_weights()
         if config.freeze_vision:
             freeze_vision_tower(self.model)
-        if half_weights(config.precision):
-            self.model.half()
-        self.model.to(self.device)
-        self.contrastive = ContrastiveModel(self.model)
-        if env.distributed:
-            self.ddp_model: nn.Module = nn.parallel.DistributedDataParallel(
-                self.contrastive,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-            )
-        else:
-            self.ddp_model = self.contrastive
-        self.optimizer = build_optimizer(self.model, config)
-        self.step_unit = TrainStep(forward=self.ddp_model, model=self.model, optimizer=self.optimizer, env=env,
-                                   precision=config.precision, loss=config.loss,
-                                   dsl_temperature=config.dsl_temperature)
-        self.scaler = self.step_unit.scaler
+        self.engine = build_engine(self.model, config, env)
+        self.optimizer = self.engine.optimizer
 
         resolution = image_resolution(config.vision_model)
         self.train_data = build_train_data(config, env, resolution)
@@ -195,7 +181,7 @@ class Trainer:
         from services.trainer.online.factory import build_learner, crawl_identity
 
         return build_learner(
-            config, self.env, self.step_unit, image_resolution(config.vision_model), self.sink.emit,
+            config, self.env, self.engine.runner, image_resolution(config.vision_model), self.sink.emit,
             gallery=config.val_data, job_id=crawl_identity(config.job_id, config.name),
             online_steps=int((checkpoint or {}).get("online_steps") or 0) if not config.reset_data_offset else 0,
             trace=self._trace_online, replay_data=config.train_data,
@@ -245,16 +231,16 @@ class Trainer:
                     "pass --reset-data-offset if the data or the batch size changed", recorded, self.step, epoch + 1)
 
     def autocast(self):
-        return self.step_unit.autocast()
+        return self.engine.runner.autocast()
 
     def _to_device(self, batch: Batch):
-        chunk = self.step_unit.to_device(batch.images, batch.input_ids, batch.attention_mask)
+        chunk = self.engine.runner.to_device(batch.images, batch.input_ids, batch.attention_mask)
         return chunk.images, chunk.input_ids, chunk.attention_mask
 
     def train_step(self, batches: list[Batch]) -> StepResult:
         """One optimizer step over ``batches`` (``accum_freq`` of them)."""
         torch.manual_seed(step_seed(self.config.seed, self.step, self.env.rank))
-        return self.step_unit([self.step_unit.to_device(b.images, b.input_ids, b.attention_mask) for b in batches])
+        return self.engine.runner([self.engine.runner.to_device(b.images, b.input_ids, b.attention_mask) for b in batches])
 
     def fit(self) -> TrainResult:
         config = self.config
@@ -346,7 +332,7 @@ class Trainer:
     @torch.no_grad()
     def _embed(self, images, input_ids, attention_mask):
         with self.autocast():
-            return self.contrastive(images, input_ids, attention_mask)
+            return self.engine.contrastive(images, input_ids, attention_mask)
 
     def validate(self, epoch: int) -> ValidationResult:
         """Loss and in-batch accuracies (averaged over all validation pairs), and text-to-image
@@ -361,7 +347,7 @@ class Trainer:
         image_features, text_features, image_ids, text_ids = [], [], [], []
         for index, batch in enumerate(self.valid_data.batches()):
             self.online.on_eval_batch("valid", index, batch)
-            self.contrastive.eval()
+            self.engine.contrastive.eval()
             image_f, text_f, logit_scale = self._embed(*self._to_device(batch))
             out = contrastive_loss(image_f, text_f, logit_scale, kind=self.config.loss,
                                    dsl_temperature=self.config.dsl_temperature, gather=False)
@@ -392,7 +378,7 @@ class Trainer:
                  "R@1 %.2f | R@5 %.2f | R@10 %.2f | mean recall %.2f | %d texts, %d images",
                  result.epoch, result.step, result.loss, result.img2txt_acc * 100, result.txt2img_acc * 100,
                  result.r1, result.r5, result.r10, result.mr, result.texts, result.images)
-        self.ddp_model.train()
+        self.engine.forward.train()
         return result
 
     def _retrieval(self, gathered: list[tuple], epoch: int) -> dict[str, Any]:

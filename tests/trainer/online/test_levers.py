@@ -11,7 +11,7 @@ import torch
 from services.trainer.cli import main
 from services.trainer.online.agreement import agreeing
 from services.trainer.online.budget import StepBudget
-from services.trainer.train.distributed import DistEnv
+from services.trainer.engine.distributed import DistEnv
 from services.trainer.train.events import JsonLinesSink
 from services.trainer.train.loop import Trainer
 from tests.fixtures_online import fill_cache
