@@ -33,7 +33,7 @@ def crawl_identity(job_id: str | None, name: str | None) -> str:
     return job_id or f"{name or 'run'}-{os.getpid()}-{time.time_ns()}"
 
 
-def build_learner(options: Any, env: DistEnv, step: StepRunner, resolution: int, emit: Callable[..., None], *,
+def build_learner(options: Any, env: DistEnv, runner: StepRunner, resolution: int, emit: Callable[..., None], *,
                   gallery: str | None, job_id: str, online_steps: int = 0,
                   image_index: Callable[[int], int] = lambda pass_index: 0,
                   trace: Callable[[dict], None] | None = None, replay_data: str | None = None,
@@ -59,7 +59,7 @@ def build_learner(options: Any, env: DistEnv, step: StepRunner, resolution: int,
                                       test_steps=options.online_batch_steps),
                     cycle_images=options.online_cycle_images, keep_images=options.online_keep_images,
                     replay=replay, replay_ratio=options.online_replay)
-    return OnlineLearner(source=source, step=step, env=env, transform=image_transform(resolution),
+    return OnlineLearner(source=source, runner=runner, env=env, transform=image_transform(resolution),
                          emit=emit, seed=options.seed, images_per_query=options.online_images,
                          login_timeout_s=options.online_login_timeout_s, image_index=image_index,
                          online_steps=online_steps, trace=trace, lr=options.online_lr, levers=levers)
