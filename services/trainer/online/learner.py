@@ -90,6 +90,7 @@ class OnlineLearner:
         self.levers = levers or Levers()
         self.pass_index = 0
         self.epoch: int | None = None
+        self.train_step: int | None = None  # the training step of the current pass (None at test time)
         self._totals: PassTotals | None = None
         self._login_checked = False
         self._uses: Counter = Counter()  # how often each query has been learnt from (picture cycling)
@@ -104,6 +105,7 @@ class OnlineLearner:
         self._wait_for_login()
         if epoch is not None:
             self.epoch = epoch
+        self.train_step = train_step
         self._totals = PassTotals()
         self._kept = {}
         self.levers.budget.start_pass(train_step, batches)
@@ -182,7 +184,7 @@ class OnlineLearner:
             totals.missing.update(missing)
             totals.steps += stepped
         if self.trace is not None:
-            self.trace({"online_split": split, "pass_index": self.pass_index, "batch": batch_index,
+            self.trace({"step": self.train_step, "online_split": split, "pass_index": self.pass_index, "batch": batch_index,
                         "rank": self.env.rank, "pairs": len(pictures), "stepped": stepped > 0,
                         "steps": stepped, "online_step": self.online_steps})
         self.emit("online", split=split, batch=batch_index, pass_index=self.pass_index,
