@@ -6,7 +6,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from services.trainer.data.transforms import image_transform
 from services.trainer.online.leakage import LeakageGuard
@@ -17,6 +17,7 @@ from services.trainer.online.sources import make_source
 from services.trainer.engine.distributed import DistEnv
 from services.trainer.engine.step import StepRunner
 from shared import layout
+from shared.options import PredictOptions, TrainOptions
 from shared.settings import common_settings
 
 log = logging.getLogger("cnclip.online")
@@ -33,12 +34,12 @@ def crawl_identity(job_id: str | None, name: str | None) -> str:
     return job_id or f"{name or 'run'}-{os.getpid()}-{time.time_ns()}"
 
 
-def build_learner(options: Any, env: DistEnv, runner: StepRunner, resolution: int, emit: Callable[..., None], *,
+def build_learner(options: TrainOptions | PredictOptions, env: DistEnv, runner: StepRunner, resolution: int, emit: Callable[..., None], *,
                   gallery: str | None, job_id: str, online_steps: int = 0,
                   image_index: Callable[[int], int] = lambda pass_index: 0,
                   trace: Callable[[dict], None] | None = None, replay_data: str | None = None,
                   start_step: int = 0, schedule: Callable[[int], float] | None = None) -> OnlineLearner:
-    """``options`` carries the OnlineOptions fields (a TrainConfig or a PredictConfig);
+    """``options``: the run's options (its OnlineOptions, with the seed and context length);
     ``replay_data`` is the LMDB split whose pairs are replayed (training: its training split;
     test time: online_replay_data), ``start_step`` the training step the run starts at and
     ``schedule`` the training schedule's rate at a step (None at test time)."""

@@ -35,6 +35,7 @@ from services.trainer.online.sources import ImageSource
 from services.trainer.online.types import Fetched
 from services.trainer.engine.distributed import DistEnv
 from services.trainer.engine.step import StepRunner, step_seed
+from shared.messages import EventPayload, OnlineBatch, OnlinePass, OnlineState
 
 log = logging.getLogger("cnclip.online")
 
@@ -117,12 +118,12 @@ class OnlineLearner:
     def after_eval(self, split: str) -> None:
         counters = self.source.end_pass()
         totals = self._totals or PassTotals()
-        self.emit("online_pass", split=split, epoch=self.epoch, pass_index=self.pass_index,
-                  queries=totals.queries, pairs=totals.pairs, steps=totals.steps,
-                  missing=dict(totals.missing), dropped_leaked=totals.dropped_leaked,
-                  dropped_disagreeing=totals.dropped_disagreeing, replay_pairs=totals.replay_pairs,
-                  cache_hits=counters.get("cache_hits", 0), source=counters,
-                  wall_s=round(time.perf_counter() - totals.started, 3), online_step=self.online_steps)
+        self._send(OnlinePass(split=split, epoch=self.epoch, pass_index=self.pass_index,
+                              queries=totals.queries, pairs=totals.pairs, steps=totals.steps,
+                              missing=dict(totals.missing), dropped_leaked=totals.dropped_leaked,
+                              dropped_disagreeing=totals.dropped_disagreeing, replay_pairs=totals.replay_pairs,
+                              cache_hits=counters.get("cache_hits", 0), source=counters,
+                              wall_s=round(time.perf_counter() - totals.started, 3), online_step=self.online_steps))
         log.info("online pass %d (%s): %d queries, %d pairs, %d steps, missing %s, %d disagreeing dropped",
                  self.pass_index, split, totals.queries, totals.pairs, totals.steps, dict(totals.missing),
                  totals.dropped_disagreeing)
@@ -187,12 +188,12 @@ class OnlineLearner:
             self.trace({"step": self.train_step, "online_split": split, "pass_index": self.pass_index, "batch": batch_index,
                         "rank": self.env.rank, "pairs": len(pictures), "stepped": stepped > 0,
                         "steps": stepped, "online_step": self.online_steps})
-        self.emit("online", split=split, batch=batch_index, pass_index=self.pass_index,
-                  queries=len(first_row), pairs=len(pictures), missing=dict(missing), dropped_leaked=leaked,
-                  dropped_disagreeing=disagreeing, replay_pairs=replayed, steps=stepped,
-                  wait_ms=wait_ms, loss=loss, online_step=self.online_steps,
-                  image_index=None if self.levers.cycle_images else self.image_index(self.pass_index),
-                  pairs_sha256=used.hexdigest()[:16])
+        self._send(OnlineBatch(split=split, batch=batch_index, pass_index=self.pass_index,
+                               queries=len(first_row), pairs=len(pictures), missing=dict(missing),
+                               dropped_leaked=leaked, dropped_disagreeing=disagreeing, replay_pairs=replayed,
+                               steps=stepped, wait_ms=wait_ms, loss=loss, online_step=self.online_steps,
+                               image_index=None if self.levers.cycle_images else self.image_index(self.pass_index),
+                               pairs_sha256=used.hexdigest()[:16]))
         return loss
 
     def _picture_index(self, text: str) -> int:
@@ -286,8 +287,8 @@ class OnlineLearner:
             return
 
         def waiting(ranks: list[int]) -> None:
-            self.emit("online_state", state="waiting_for_login", ranks=ranks,
-                      timeout_s=self.login_timeout_s, message="no crawler rank is logged in: scan a QR code at /login")
+            self._send(OnlineState(state="waiting_for_login", ranks=ranks, timeout_s=self.login_timeout_s,
+                                   message="no crawler rank is logged in: scan a QR code at /login"))
             log.warning("waiting up to %.0fs for a crawler rank to log in (scan a QR code at /login)",
                         self.login_timeout_s)
 
@@ -297,8 +298,12 @@ class OnlineLearner:
             raise OnlineLoginTimeout(
                 f"waiting_for_login: no crawler rank logged in within {self.login_timeout_s:.0f}s; "
                 "scan a QR code at /login and run the job again")
-        self.emit("online_state", state="logged_in")
+        self._send(OnlineState(state="logged_in"))
         self._login_checked = True
+
+    def _send(self, payload: EventPayload) -> None:
+        """Reports ``payload``: its model checks the fields here, where they are made."""
+        self.emit(payload.type, **payload.model_dump(exclude_unset=True))
 
     def close(self) -> None:
         self.source.close()
