@@ -383,11 +383,6 @@ class PredictRunOptions(_Options):
                                          "(default: the job id, else 'online')")
 
 
-def option_fields(model: type[BaseModel]) -> dict[str, Any]:
-    """name -> FieldInfo of every option a model declares (in declaration order)."""
-    return dict(model.model_fields)
-
-
 # ---- gallery index -------------------------------------------------------------------------
 IndexKind = Literal["flat", "ivf", "hnsw"]
 RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"

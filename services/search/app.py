@@ -79,7 +79,7 @@ def _answer(name: str, hits: list[tuple[Any, float]], k: int, started: float, **
 
 
 def create_app(settings: SearchSettings | None = None) -> FastAPI:
-    from services.trainer.precision import resolve_device
+    from services.trainer.engine.precision import resolve_device
     import torch
 
     settings = settings or SearchSettings()

@@ -53,8 +53,8 @@ from services.trainer.data.lmdb_build import build_lmdb  # noqa: E402
 from services.trainer.predict.config import PredictConfig  # noqa: E402
 from services.trainer.predict.run import predict  # noqa: E402
 from services.trainer.train.config import TrainConfig  # noqa: E402
-from services.trainer.train.distributed import DistEnv  # noqa: E402
-from services.trainer.train.loop import Trainer  # noqa: E402
+from services.trainer.engine.distributed import DistEnv  # noqa: E402
+from services.trainer.train.run import build_trainer  # noqa: E402
 from shared.image_cache import ImageCache  # noqa: E402
 from shared.muge import read_ground_truth, read_predictions, recall_metrics  # noqa: E402
 from shared.options import OnlineOptions, crawl_share  # noqa: E402
@@ -209,7 +209,7 @@ class Grid:
         config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         sink = Recorder()
         started = time.monotonic()
-        trainer = Trainer(config, CPU, sink)
+        trainer = build_trainer(config, CPU, sink)
         try:
             trainer.fit()
         finally:

@@ -49,8 +49,8 @@ from services.trainer.data.lmdb_build import build_lmdb  # noqa: E402
 from services.trainer.online.client import CrawlClient as TrainerCrawlClient  # noqa: E402
 from services.trainer.online.learner import OnlineLearner, PassTotals  # noqa: E402
 from services.trainer.train.config import TrainConfig  # noqa: E402
-from services.trainer.train.distributed import DistEnv  # noqa: E402
-from services.trainer.train.loop import Trainer  # noqa: E402
+from services.trainer.engine.distributed import DistEnv  # noqa: E402
+from services.trainer.train.run import build_trainer  # noqa: E402
 from shared.synthetic.dataset import make_synthetic_dataset  # noqa: E402
 from tests.bench.online_stack import online_stack  # noqa: E402
 
@@ -63,7 +63,7 @@ class SequentialLearner(OnlineLearner):
 
     @classmethod
     def like(cls, learner: OnlineLearner) -> "SequentialLearner":
-        return cls(source=learner.source, step=learner.step, env=learner.env,
+        return cls(source=learner.source, runner=learner.runner, env=learner.env,
                    transform=learner.transform, emit=learner.emit, seed=learner.seed,
                    images_per_query=learner.images_per_query,
                    login_timeout_s=learner.login_timeout_s, levers=learner.levers)
@@ -149,7 +149,7 @@ def crawl_only(redis_url: str, texts: Sequence[str], images: int) -> dict[str, A
 
 
 def validate(made: TrainConfig, sink: Recorder, sequential: bool = False) -> dict[str, Any]:
-    trainer = Trainer(made, CPU, sink)
+    trainer = build_trainer(made, CPU, sink)
     try:
         if sequential:
             trainer.online = SequentialLearner.like(trainer.online)
@@ -174,7 +174,7 @@ def job(lmdb: Path, workdir: Path, name: str, args: argparse.Namespace, sequenti
     made = made.model_copy(update={"max_steps": args.train_steps, "valid_epoch_interval": None,
                                    "valid_step_interval": args.train_steps})
     sink = Recorder()
-    trainer = Trainer(made, CPU, sink)
+    trainer = build_trainer(made, CPU, sink)
     try:
         if sequential:
             trainer.online = SequentialLearner.like(trainer.online)
@@ -218,7 +218,7 @@ def main() -> int:
                               online_images=args.images, online_dedupe_gallery=True)
 
             offline_config = config(lmdb, workdir, "offline", args.valid_batch_size)
-            texts = list(Trainer(offline_config, CPU).valid_data.rank_texts())
+            texts = list(build_trainer(offline_config, CPU).valid_data.rank_texts())
             # A few queries first, so that browsers, shop and model code are warm for every run.
             crawl_only(redis_url, [f"预热 {text}" for text in texts[:4]], args.images)
             validate(offline_config, Recorder())

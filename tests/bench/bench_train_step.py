@@ -37,7 +37,7 @@ from services.trainer.model.keymap import transformers_to_cnclip  # noqa: E402
 from services.trainer.tokenizer import tokenize  # noqa: E402
 
 try:  # the trainer's loss, so both sides are measured with exactly what training uses
-    from services.trainer.train.loss import contrastive_loss as _trainer_loss
+    from services.trainer.engine.loss import contrastive_loss as _trainer_loss
 
     def loss_of(image_features, text_features, logit_scale):
         return _trainer_loss(image_features, text_features, logit_scale, gather=False).loss

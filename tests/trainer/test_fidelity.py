@@ -31,7 +31,7 @@ from services.trainer.model.factory import model_from_config
 from services.trainer.model.features import ContrastiveModel, encode_image, encode_text
 from services.trainer.model.keymap import transformers_to_cnclip
 from services.trainer.tokenizer import tokenize
-from services.trainer.train.loss import contrastive_loss
+from services.trainer.engine.loss import contrastive_loss
 
 cn_clip_model = importlib.import_module("cn_clip.clip.model")
 

@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from services.trainer.train.loss import (
+from services.trainer.engine.loss import (
     batch_accuracies,
     contrastive_loss,
     dual_softmax_logits,

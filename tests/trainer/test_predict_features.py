@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from services.trainer.precision import autocast_dtype
+from services.trainer.engine.precision import autocast_dtype
 from services.trainer.predict.features import image_features, text_features
 from tests.trainer.test_predict import build_muge_data
 

@@ -9,8 +9,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from services.trainer.train.distributed import DistEnv
-from services.trainer.train.loop import _make_sink, run_training
+from services.trainer.engine.distributed import DistEnv
+from services.trainer.train.run import make_sink, run_training
 from services.trainer.train.tensorboard import TensorBoardSink
 from tests.fixtures_online import fill_cache
 from tests.trainer.test_train_loop import make_config
@@ -80,10 +80,10 @@ def test_nothing_is_written_when_the_option_is_off_or_on_other_ranks(synthetic_d
 
     on = make_config(synthetic_data, tmp_path, max_steps=2, name="rank1", report_to="tensorboard")
     other_rank = DistEnv(rank=1, world_size=2, local_rank=1, device=torch.device("cpu"), backend=None)
-    sink = _make_sink(on, other_rank)
+    sink = make_sink(on, other_rank)
     sink.emit("train_step", step=1, loss=1.0)
     sink.close()
     assert not (on.run_dir / "tensorboard").exists()
-    main = _make_sink(on, DistEnv(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"), backend=None))
+    main = make_sink(on, DistEnv(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"), backend=None))
     assert any(isinstance(s, TensorBoardSink) for s in main.sinks)
     main.close()

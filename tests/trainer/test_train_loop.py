@@ -12,9 +12,10 @@ from torch import nn
 from services.trainer.cli import main
 from services.trainer.train.config import TrainConfig
 from services.trainer.train.data import Batch
-from services.trainer.train.distributed import DistEnv
+from services.trainer.engine.distributed import DistEnv
 from services.trainer.train.loop import Trainer
-from services.trainer.train.step import MAX_LOGIT_SCALE, no_weight_decay
+from services.trainer.train.run import build_trainer
+from services.trainer.engine.step import MAX_LOGIT_SCALE, no_weight_decay
 from services.trainer.train.online import NoOnline
 
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend=None)
@@ -53,8 +54,8 @@ def merge(batches: list[Batch]) -> Batch:
 
 
 def test_accumulated_step_has_the_gradient_of_the_whole_batch(synthetic_data, tmp_path):
-    single = Trainer(make_config(synthetic_data, tmp_path, batch_size=8), CPU)
-    accumulated = Trainer(make_config(synthetic_data, tmp_path, batch_size=4, accum_freq=2), CPU)
+    single = build_trainer(make_config(synthetic_data, tmp_path, batch_size=8), CPU)
+    accumulated = build_trainer(make_config(synthetic_data, tmp_path, batch_size=4, accum_freq=2), CPU)
     for trainer in (single, accumulated):
         without_dropout(trainer.model)
     assert all(torch.equal(a, b) for a, b in zip(single.model.state_dict().values(),
@@ -72,7 +73,7 @@ def test_accumulated_step_has_the_gradient_of_the_whole_batch(synthetic_data, tm
 
 
 def test_freeze_vision_keeps_the_image_tower(synthetic_data, tmp_path):
-    trainer = Trainer(make_config(synthetic_data, tmp_path, freeze_vision=True), CPU)
+    trainer = build_trainer(make_config(synthetic_data, tmp_path, freeze_vision=True), CPU)
     vision_before = {k: v.clone() for k, v in trainer.model.vision_model.state_dict().items()}
     projection_before = trainer.model.visual_projection.weight.clone()
     text_before = trainer.model.text_projection.weight.clone()
@@ -85,7 +86,7 @@ def test_freeze_vision_keeps_the_image_tower(synthetic_data, tmp_path):
 
 
 def test_weight_decay_groups_and_logit_scale_clamp(synthetic_data, tmp_path):
-    trainer = Trainer(make_config(synthetic_data, tmp_path, wd=0.5), CPU)
+    trainer = build_trainer(make_config(synthetic_data, tmp_path, wd=0.5), CPU)
     exempt = no_weight_decay(trainer.model)
     assert "logit_scale" in exempt
     assert "text_model.encoder.layer.0.attention.output.LayerNorm.weight" in exempt
@@ -105,7 +106,7 @@ def test_weight_decay_groups_and_logit_scale_clamp(synthetic_data, tmp_path):
 
 @pytest.mark.parametrize("precision", ["amp", "bf16", "fp16"])
 def test_reduced_precisions_take_finite_steps(synthetic_data, tmp_path, precision):
-    trainer = Trainer(make_config(synthetic_data, tmp_path, precision=precision), CPU)
+    trainer = build_trainer(make_config(synthetic_data, tmp_path, precision=precision), CPU)
     before = trainer.model.text_projection.weight.detach().clone()
     result = trainer.train_step(first_batches(trainer, 1))
     assert math.isfinite(result.loss)
@@ -116,6 +117,7 @@ def test_reduced_precisions_take_finite_steps(synthetic_data, tmp_path, precisio
 
 class RecordingHook(NoOnline):
     def __init__(self):
+        super().__init__()
         self.calls = []
         self.before = None
         self.prefetched = []
@@ -135,7 +137,7 @@ class RecordingHook(NoOnline):
 
 def test_online_hook_sees_each_validation_batch_once(synthetic_data, tmp_path):
     hook = RecordingHook()
-    trainer = Trainer(make_config(synthetic_data, tmp_path), CPU, online=hook)
+    trainer = build_trainer(make_config(synthetic_data, tmp_path), CPU, online=hook)
     result = trainer.validate(epoch=0)
     batches = trainer.valid_data.num_batches
     assert [c[1] for c in hook.calls] == list(range(batches))
@@ -150,7 +152,7 @@ def test_online_hook_sees_each_validation_batch_once(synthetic_data, tmp_path):
 
 def test_the_validation_queries_are_prefetched_once_when_training_starts(synthetic_data, tmp_path):
     hook = RecordingHook()
-    trainer = Trainer(make_config(synthetic_data, tmp_path, max_steps=2, valid_step_interval=1,
+    trainer = build_trainer(make_config(synthetic_data, tmp_path, max_steps=2, valid_step_interval=1,
                                   valid_epoch_interval=-1), CPU, online=hook)
     trainer.fit()
     assert hook.prefetched == [("valid", list(trainer.valid_data.rank_texts()))]
@@ -162,7 +164,7 @@ def test_validation_writes_muge_predictions_that_chinese_clip_scores_the_same(sy
     validation wrote, with the split's texts file as ground truth."""
     from cn_clip.eval import evaluation as original
 
-    trainer = Trainer(make_config(synthetic_data, tmp_path), CPU)
+    trainer = build_trainer(make_config(synthetic_data, tmp_path), CPU)
     result = trainer.validate(epoch=0)
     assert not list(Path(result.predictions).parent.glob("*.partial"))
     mean_recall, r1, r5, r10 = original.compute_score(str(synthetic_data.texts("valid")), result.predictions)
@@ -170,26 +172,26 @@ def test_validation_writes_muge_predictions_that_chinese_clip_scores_the_same(sy
 
 
 def test_resume_restores_position_and_reset_data_offset_starts_over(synthetic_data, tmp_path):
-    first = Trainer(make_config(synthetic_data, tmp_path, name="first", max_steps=3), CPU)
+    first = build_trainer(make_config(synthetic_data, tmp_path, name="first", max_steps=3), CPU)
     first.fit()
     checkpoint = first.config.checkpoint_dir / "epoch_latest.pt"
-    again = Trainer(make_config(synthetic_data, tmp_path, name="second", max_steps=6, resume=checkpoint), CPU)
+    again = build_trainer(make_config(synthetic_data, tmp_path, name="second", max_steps=6, resume=checkpoint), CPU)
     assert again.step == 3
     assert all(len(s) > 0 for s in again.optimizer.state.values()) and again.optimizer.state
-    restart = Trainer(make_config(synthetic_data, tmp_path, name="third", max_steps=6, resume=checkpoint,
+    restart = build_trainer(make_config(synthetic_data, tmp_path, name="third", max_steps=6, resume=checkpoint,
                                   reset_data_offset=True, reset_optimizer=True), CPU)
     assert restart.step == 0 and not restart.optimizer.state
     assert torch.equal(restart.model.logit_scale, first.model.logit_scale)
     # Without --resume, a run continues from its own latest checkpoint.
-    auto = Trainer(make_config(synthetic_data, tmp_path, name="first", max_steps=6), CPU)
+    auto = build_trainer(make_config(synthetic_data, tmp_path, name="first", max_steps=6), CPU)
     assert auto.step == 3
 
 
 def test_epochs_and_steps(synthetic_data, tmp_path):
-    trainer = Trainer(make_config(synthetic_data, tmp_path, max_steps=None, max_epochs=2, batch_size=16), CPU)
+    trainer = build_trainer(make_config(synthetic_data, tmp_path, max_steps=None, max_epochs=2, batch_size=16), CPU)
     # 200 pairs in batches of 16: 13 batches (the last filled by wrapping) -> 13 steps an epoch.
     assert (trainer.steps_per_epoch, trainer.max_steps, trainer.max_epochs) == (13, 26, 2)
-    trainer = Trainer(make_config(synthetic_data, tmp_path, max_steps=20, batch_size=16, accum_freq=2), CPU)
+    trainer = build_trainer(make_config(synthetic_data, tmp_path, max_steps=20, batch_size=16, accum_freq=2), CPU)
     assert (trainer.steps_per_epoch, trainer.max_steps, trainer.max_epochs) == (6, 20, 4)
 
 
@@ -232,7 +234,7 @@ def test_foreign_optimizer_state_needs_reset_optimizer(synthetic_data, tmp_path,
 
 
 def test_augmented_training_images_vary(synthetic_data, tmp_path):
-    trainer = Trainer(make_config(synthetic_data, tmp_path, use_augment=True), CPU)
+    trainer = build_trainer(make_config(synthetic_data, tmp_path, use_augment=True), CPU)
     first, again = trainer.train_data.pairs[0][0], trainer.train_data.pairs[0][0]
     assert first.shape == again.shape == (3, 64, 64)
     assert not torch.equal(first, again)
@@ -242,8 +244,8 @@ def test_augmented_training_images_vary(synthetic_data, tmp_path):
 
 
 def test_gradient_checkpointing_gives_the_same_gradient(synthetic_data, tmp_path):
-    plain = Trainer(make_config(synthetic_data, tmp_path), CPU)
-    checkpointed = Trainer(make_config(synthetic_data, tmp_path, grad_checkpointing=True), CPU)
+    plain = build_trainer(make_config(synthetic_data, tmp_path), CPU)
+    checkpointed = build_trainer(make_config(synthetic_data, tmp_path, grad_checkpointing=True), CPU)
     assert checkpointed.model.text_model.encoder.gradient_checkpointing
     batch = first_batches(plain, 1)
     a, b = plain.train_step(batch), checkpointed.train_step(batch)

@@ -36,6 +36,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"cnclip train: error: {exc}", file=sys.stderr)
         return 2
 
-    from services.trainer.train.loop import run_training
+    from services.trainer.train.run import run_training
 
     return run_training(config)

@@ -239,11 +239,6 @@ def check_image_line(b64: bytes, verify: Verify = "structure") -> ImageVerdict:
     return verdict or IMAGE_OK
 
 
-def image_line_problem(b64: bytes, verify: Verify = "structure") -> tuple[str, str] | None:
-    """(kind, reason) when the base64 field of a TSV line does not hold a usable image."""
-    return check_image_line(b64, verify).problem
-
-
 # ---------------------------------------------------------------- writing
 
 class _Writer:

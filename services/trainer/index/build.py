@@ -35,7 +35,7 @@ def build_index(config: IndexConfig, emit: Emit) -> dict[str, Any]:
     from services.trainer.data.transforms import image_transform
     from services.trainer.model import image_resolution
     from services.trainer.model.checkpoint import CheckpointError
-    from services.trainer.precision import resolve_device
+    from services.trainer.engine.precision import resolve_device
     from services.trainer.predict.features import image_features
     from services.trainer.predict.pipeline import load_model
 

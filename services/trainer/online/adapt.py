@@ -13,22 +13,28 @@ from typing import Any, Callable, Mapping
 import torch
 
 from services.trainer.data.texts import TextsDataset
-from services.trainer.model import ContrastiveModel, image_resolution
+from services.trainer.model import image_resolution
 from services.trainer.model.checkpoint import save_checkpoint
 from services.trainer.online.factory import build_learner, crawl_identity
-from services.trainer.precision import half_weights
-from services.trainer.train.distributed import DistEnv
-from services.trainer.train.step import TrainStep, build_optimizer
+from services.trainer.engine.precision import half_weights
+from services.trainer.engine.build import build_engine
+from services.trainer.engine.distributed import DistEnv
+from shared.messages import Checkpoint, EventPayload, Phase
+from shared.options import PredictOptions, PredictRunOptions
 
 log = logging.getLogger("cnclip.online")
 
 
-def adapted_name(config: Any, epoch: int, epochs: int, member: int | None) -> Path:
+def _send(emit: Callable[..., None], payload: EventPayload) -> None:
+    emit(payload.type, **payload.model_dump(exclude_unset=True))
+
+
+def adapted_name(run: PredictRunOptions, epoch: int, epochs: int, member: int | None) -> Path:
     stem = f"epoch{epoch}_online_{epochs}.pt"
     if member is not None:
         stem = f"member{member}-{stem}"
-    run = config.name or config.job_id or "online"
-    return Path(config.experiments) / run / stem
+    folder = run.name or run.job_id or "online"
+    return Path(run.experiments) / folder / stem
 
 
 @torch.no_grad()
@@ -42,22 +48,18 @@ def interpolate(model: torch.nn.Module, start: Mapping[str, torch.Tensor], share
             value.copy_(start[name] + share * (value - start[name]))
 
 
-def adapt(model: torch.nn.Module, checkpoint: Mapping[str, Any], config: Any, device: torch.device,
-          emit: Callable[..., None], *, member: int | None = None) -> Path:
+def adapt(model: torch.nn.Module, checkpoint: Mapping[str, Any], config: PredictOptions, run: PredictRunOptions,
+          device: torch.device, emit: Callable[..., None], *, member: int | None = None) -> Path:
     """Adapt ``model`` (on ``device``, loaded from ``checkpoint``: its path, epoch and step as
-    ``pipeline.load_model`` returns them) in place and save it. Returns the adapted
-    checkpoint's path."""
-    env = DistEnv(rank=0, world_size=1, local_rank=0, device=device, backend=None)
-    if half_weights(config.precision):
-        model.half()
+    ``pipeline.load_model`` returns them) in place and save it under ``run``'s experiments
+    folder. Returns the adapted checkpoint's path."""
+    env = DistEnv.alone(device)
     model.train()
-    optimizer = build_optimizer(model, config)
-    step = TrainStep(forward=ContrastiveModel(model), model=model, optimizer=optimizer, env=env,
-                     precision=config.precision, loss=config.loss, dsl_temperature=config.dsl_temperature)
+    engine = build_engine(model, config, env)
     k = config.online_images
     # Each ensemble member asks for the same queries: its requests must not be taken for another's.
-    identity = crawl_identity(config.job_id, config.name) + (f"-member{member}" if member is not None else "")
-    learner = build_learner(config, env, step, image_resolution(config.vision_model), emit,
+    identity = crawl_identity(run.job_id, run.name) + (f"-member{member}" if member is not None else "")
+    learner = build_learner(config, env, engine.runner, image_resolution(config.vision_model), emit,
                             gallery=config.image_data, job_id=identity,
                             image_index=lambda pass_index: pass_index % k,
                             replay_data=config.online_replay_data)
@@ -67,7 +69,7 @@ def adapt(model: torch.nn.Module, checkpoint: Mapping[str, Any], config: Any, de
     queries = [r[1] for r in rows]
     size = config.text_batch_size
     trained_epoch, trained_step = int(checkpoint.get("epoch") or 0), int(checkpoint.get("step") or 0)
-    emit("phase", name="predict:online" + (f":member{member}" if member is not None else ""))
+    _send(emit, Phase(name="predict:online" + (f":member{member}" if member is not None else "")))
     try:
         for epoch in range(config.online_max_epochs):
             learner.before_eval("test", queries, epoch=epoch + 1)
@@ -80,13 +82,13 @@ def adapt(model: torch.nn.Module, checkpoint: Mapping[str, Any], config: Any, de
         learner.close()
     interpolate(model, initial, config.online_interpolate)
     model.eval()
-    path = adapted_name(config, trained_epoch, config.online_max_epochs, member)
-    save_checkpoint(path, model, optimizer, trained_epoch, trained_step,
+    path = adapted_name(run, trained_epoch, config.online_max_epochs, member)
+    save_checkpoint(path, model, engine.optimizer, trained_epoch, trained_step,
                     path.parent.name, extra={"online_steps": learner.online_steps,
                                              "adapted_from": str(Path(checkpoint["path"]).resolve())})
     if half_weights(config.precision):
         model.float()  # prediction runs fp32 weights under autocast
-    emit("checkpoint", path=str(path), epoch=trained_epoch, step=learner.online_steps)
+    _send(emit, Checkpoint(path=str(path), epoch=trained_epoch, step=learner.online_steps))
     log.info("test-time online learning: %d steps over %d passes; saved %s", learner.online_steps,
              config.online_max_epochs, path)
     return path

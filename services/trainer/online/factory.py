@@ -6,7 +6,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from services.trainer.data.transforms import image_transform
 from services.trainer.data.lmdb_read import LmdbSplit
@@ -16,11 +16,11 @@ from services.trainer.online.budget import StepBudget
 from services.trainer.online.learner import Levers, OnlineLearner
 from services.trainer.online.replay import ReplayPairs
 from services.trainer.online.sources import make_source
-from services.trainer.train.distributed import DistEnv
-from services.trainer.train.step import TrainStep
+from services.trainer.engine.distributed import DistEnv
+from services.trainer.engine.step import StepRunner
 from shared import layout
 from shared.image_cache import ImageCache
-from shared.options import crawl_share
+from shared.options import PredictOptions, TrainOptions, crawl_share
 from shared.settings import common_settings
 
 log = logging.getLogger("cnclip.online")
@@ -37,15 +37,16 @@ def crawl_identity(job_id: str | None, name: str | None) -> str:
     return job_id or f"{name or 'run'}-{os.getpid()}-{time.time_ns()}"
 
 
-def build_learner(options: Any, env: DistEnv, step: TrainStep, resolution: int, emit: Callable[..., None], *,
+def build_learner(options: TrainOptions | PredictOptions, env: DistEnv, runner: StepRunner, resolution: int, emit: Callable[..., None], *,
                   gallery: str | None, job_id: str, online_steps: int = 0,
                   image_index: Callable[[int], int] = lambda pass_index: 0,
                   trace: Callable[[dict], None] | None = None, replay_data: str | None = None,
                   start_step: int = 0, schedule: Callable[[int], float] | None = None) -> OnlineLearner:
-    """``options`` carries the OnlineOptions fields (a TrainConfig or a PredictConfig);
+    """``options``: the run's options (its OnlineOptions, with the seed and context length);
     ``replay_data`` is the LMDB split whose pairs are replayed and whose texts measure a query's
-    novelty for active crawling (training: its training split; test time: online_replay_data), ``start_step`` the training step the run starts at and
-    ``schedule`` the training schedule's rate at a step (None: test time)."""
+    novelty for active crawling (training: its training split; test time: online_replay_data),
+    ``start_step`` the training step the run starts at and ``schedule`` the training schedule's
+    rate at a step (None: test time)."""
     guard = None
     if options.online_dedupe_gallery and gallery:
         guard = LeakageGuard.from_lmdb(gallery)
@@ -68,7 +69,7 @@ def build_learner(options: Any, env: DistEnv, step: TrainStep, resolution: int, 
                                       test_steps=options.online_batch_steps),
                     cycle_images=options.online_cycle_images, keep_images=options.online_keep_images,
                     replay=replay, replay_ratio=options.online_replay, crawl=crawl)
-    return OnlineLearner(source=source, step=step, env=env, transform=image_transform(resolution),
+    return OnlineLearner(source=source, runner=runner, env=env, transform=image_transform(resolution),
                          emit=emit, seed=options.seed, images_per_query=options.online_images,
                          login_timeout_s=options.online_login_timeout_s, image_index=image_index,
                          online_steps=online_steps, trace=trace, lr=options.online_lr, levers=levers)

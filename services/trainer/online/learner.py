@@ -34,8 +34,9 @@ from services.trainer.online.budget import StepBudget
 from services.trainer.online.replay import ReplayPairs
 from services.trainer.online.sources import ImageSource
 from services.trainer.online.types import Fetched
-from services.trainer.train.distributed import DistEnv
-from services.trainer.train.step import TrainStep, step_seed
+from services.trainer.engine.distributed import DistEnv
+from services.trainer.engine.step import StepRunner, step_seed
+from shared.messages import EventPayload, OnlineBatch, OnlinePass, OnlineState
 
 log = logging.getLogger("cnclip.online")
 
@@ -73,13 +74,13 @@ class Levers:
 
 
 class OnlineLearner:
-    def __init__(self, *, source: ImageSource, step: TrainStep, env: DistEnv, transform: Callable,
+    def __init__(self, *, source: ImageSource, runner: StepRunner, env: DistEnv, transform: Callable,
                  emit: Callable[..., None], seed: int, images_per_query: int,
                  login_timeout_s: float, image_index: Callable[[int], int] = lambda pass_index: 0,
                  online_steps: int = 0, trace: Callable[[dict], None] | None = None,
                  lr: float | None = None, levers: Levers | None = None):
         self.source = source
-        self.step = step
+        self.runner = runner  # the engine's step unit (shared with the training loop)
         self.env = env
         self.transform = transform
         self.emit = emit
@@ -93,6 +94,7 @@ class OnlineLearner:
         self.levers = levers or Levers()
         self.pass_index = 0
         self.epoch: int | None = None
+        self.train_step: int | None = None  # the training step of the current pass (None at test time)
         self._totals: PassTotals | None = None
         self._login_checked = False
         self._uses: Counter = Counter()  # how often each query has been learnt from (picture cycling)
@@ -108,6 +110,7 @@ class OnlineLearner:
         self._wait_for_login()
         if epoch is not None:
             self.epoch = epoch
+        self.train_step = train_step
         self._totals = PassTotals()
         self._kept = {}
         self.levers.budget.start_pass(train_step, batches)
@@ -128,12 +131,13 @@ class OnlineLearner:
     def after_eval(self, split: str) -> None:
         counters = self.source.end_pass()
         totals = self._totals or PassTotals()
-        self.emit("online_pass", split=split, epoch=self.epoch, pass_index=self.pass_index,
-                  queries=totals.queries, pairs=totals.pairs, steps=totals.steps,
-                  missing=dict(totals.missing), dropped_leaked=totals.dropped_leaked,
-                  dropped_disagreeing=totals.dropped_disagreeing, replay_pairs=totals.replay_pairs,
-                  skipped_active=totals.skipped_active, cache_hits=counters.get("cache_hits", 0), source=counters,
-                  wall_s=round(time.perf_counter() - totals.started, 3), online_step=self.online_steps)
+        self._send(OnlinePass(split=split, epoch=self.epoch, pass_index=self.pass_index,
+                              queries=totals.queries, pairs=totals.pairs, steps=totals.steps,
+                              missing=dict(totals.missing), dropped_leaked=totals.dropped_leaked,
+                              dropped_disagreeing=totals.dropped_disagreeing, replay_pairs=totals.replay_pairs,
+                              skipped_active=totals.skipped_active, cache_hits=counters.get("cache_hits", 0),
+                              source=counters,
+                              wall_s=round(time.perf_counter() - totals.started, 3), online_step=self.online_steps))
         log.info("online pass %d (%s): %d queries, %d pairs, %d steps, missing %s, %d disagreeing dropped",
                  self.pass_index, split, totals.queries, totals.pairs, totals.steps, dict(totals.missing),
                  totals.dropped_disagreeing)
@@ -201,16 +205,16 @@ class OnlineLearner:
             totals.missing.update(missing)
             totals.steps += stepped
         if self.trace is not None:
-            self.trace({"online_split": split, "pass_index": self.pass_index, "batch": batch_index,
+            self.trace({"step": self.train_step, "online_split": split, "pass_index": self.pass_index, "batch": batch_index,
                         "rank": self.env.rank, "pairs": len(pictures), "stepped": stepped > 0,
                         "steps": stepped, "online_step": self.online_steps})
-        self.emit("online", split=split, batch=batch_index, pass_index=self.pass_index,
-                  queries=len(first_row), pairs=len(pictures), missing=dict(missing), dropped_leaked=leaked,
-                  dropped_disagreeing=disagreeing, replay_pairs=replayed, skipped_active=skipped,
-                  steps=stepped,
-                  wait_ms=wait_ms, loss=loss, online_step=self.online_steps,
-                  image_index=None if self.levers.cycle_images else self.image_index(self.pass_index),
-                  pairs_sha256=used.hexdigest()[:16])
+        self._send(OnlineBatch(split=split, batch=batch_index, pass_index=self.pass_index,
+                               queries=len(first_row), pairs=len(pictures), missing=dict(missing),
+                               dropped_leaked=leaked, dropped_disagreeing=disagreeing, replay_pairs=replayed,
+                               skipped_active=skipped, steps=stepped, wait_ms=wait_ms, loss=loss,
+                               online_step=self.online_steps,
+                               image_index=None if self.levers.cycle_images else self.image_index(self.pass_index),
+                               pairs_sha256=used.hexdigest()[:16]))
         return loss
 
     def _picture_index(self, text: str) -> int:
@@ -246,7 +250,7 @@ class OnlineLearner:
                 self._kept.setdefault(text, list(range(len(pictures[text]))))
         if not fresh:
             return 0
-        features = self.step.embed_images(torch.stack([p for t in fresh for p, _ in pictures[t]]))
+        features = self.runner.embed_images(torch.stack([p for t in fresh for p, _ in pictures[t]]))
         dropped, start = 0, 0
         for text in fresh:
             n = len(pictures[text])
@@ -286,11 +290,11 @@ class OnlineLearner:
             valid = torch.zeros(longest, dtype=torch.bool)
             valid[:rows] = True
         torch.manual_seed(step_seed(self.seed, ONLINE_SEED_OFFSET + self.online_steps, env.rank))
-        chunk = self.step.to_device(pixels, input_ids, attention_mask, valid)
+        chunk = self.runner.to_device(pixels, input_ids, attention_mask, valid)
         # online_lr when given; else, in training, the rate the budget's steps were earned at.
         rate = self.lr if self.lr is not None else self.levers.budget.rate
-        with _learning_rate(self.step.optimizer, rate):
-            result = self.step([chunk])
+        with _learning_rate(self.runner.optimizer, rate):
+            result = self.runner([chunk])
         self.online_steps += 1
         return result.loss
 
@@ -304,8 +308,8 @@ class OnlineLearner:
             return
 
         def waiting(ranks: list[int]) -> None:
-            self.emit("online_state", state="waiting_for_login", ranks=ranks,
-                      timeout_s=self.login_timeout_s, message="no crawler rank is logged in: scan a QR code at /login")
+            self._send(OnlineState(state="waiting_for_login", ranks=ranks, timeout_s=self.login_timeout_s,
+                                   message="no crawler rank is logged in: scan a QR code at /login"))
             log.warning("waiting up to %.0fs for a crawler rank to log in (scan a QR code at /login)",
                         self.login_timeout_s)
 
@@ -315,8 +319,12 @@ class OnlineLearner:
             raise OnlineLoginTimeout(
                 f"waiting_for_login: no crawler rank logged in within {self.login_timeout_s:.0f}s; "
                 "scan a QR code at /login and run the job again")
-        self.emit("online_state", state="logged_in")
+        self._send(OnlineState(state="logged_in"))
         self._login_checked = True
+
+    def _send(self, payload: EventPayload) -> None:
+        """Reports ``payload``: its model checks the fields here, where they are made."""
+        self.emit(payload.type, **payload.model_dump(exclude_unset=True))
 
     def close(self) -> None:
         self.source.close()

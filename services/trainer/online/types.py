@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 # Why a query of a batch brought no usable image. One name per reason, counted in events.
 MissingReason = Literal[
@@ -12,7 +12,7 @@ MissingReason = Literal[
     "leaked",       # every image was a near-duplicate of a gallery image (leakage guard)
     "no_login",     # live mode: no crawler rank logged in before the login timeout
 ]
-MISSING_REASONS: tuple[str, ...] = ("failed", "late", "not_cached", "leaked", "no_login")
+MISSING_REASONS: tuple[str, ...] = get_args(MissingReason)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from services.trainer.model import encode_image, encode_text
-from services.trainer.precision import autocast_dtype
+from services.trainer.engine.precision import autocast
 
 
 @dataclass
@@ -24,25 +24,33 @@ class Features:
     features: torch.Tensor  # (n, dim) float32, L2-normalised, CPU
 
 
-def _run(
-    batches: DataLoader,
+def _features(
+    model: nn.Module,
+    dataset,
+    collate: Callable[[list], Any],
     encode: Callable[[Any], torch.Tensor],
     ids_of: Callable[[Any], list[Any]],
+    *,
     device: torch.device,
+    batch_size: int,
+    num_workers: int,
     precision: str,
-    total: int,
     progress: Callable[[int, int], None] | None,
 ) -> Features:
-    dtype = autocast_dtype(precision, device)
+    """Encodes ``dataset`` batch by batch in eval mode, without gradients, under the precision's
+    autocast (engine/precision.py decides it, as for training)."""
+    batches = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                         collate_fn=collate, pin_memory=device.type == "cuda")
+    model.eval()
     ids: list[Any] = []
     chunks: list[torch.Tensor] = []
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+    with torch.inference_mode(), autocast(precision, device):
         for batch in batches:
             feats = encode(batch).float()
             chunks.append(F.normalize(feats, dim=-1).cpu())
             ids.extend(ids_of(batch))
             if progress is not None:
-                progress(len(ids), total)
+                progress(len(ids), len(dataset))
     if not chunks:
         raise ValueError("nothing to encode: the data set is empty")
     features = torch.cat(chunks)
@@ -66,14 +74,11 @@ def image_features(
     """Features of every image of a ``GalleryDataset`` (items ``(image_id, pixel tensor)``)."""
     from services.trainer.data.lmdb_read import collate_gallery
 
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_gallery, pin_memory=device.type == "cuda")
-    model.eval()
-    return _run(
-        loader,
+    return _features(
+        model, dataset, collate_gallery,
         lambda batch: encode_image(model, batch[1].to(device, non_blocking=True)),
         lambda batch: list(batch[0]),
-        device, precision, len(dataset), progress,
+        device=device, batch_size=batch_size, num_workers=num_workers, precision=precision, progress=progress,
     )
 
 
@@ -94,12 +99,9 @@ def text_features(
 ) -> Features:
     """Features of every query of a ``TextsDataset`` (items ``(text_id, text, ids, mask)``);
     the attention mask is always passed."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=_collate_texts, pin_memory=device.type == "cuda")
-    model.eval()
-    return _run(
-        loader,
+    return _features(
+        model, dataset, _collate_texts,
         lambda batch: encode_text(model, batch[1].to(device), batch[2].to(device)),
         lambda batch: batch[0],
-        device, precision, len(dataset), progress,
+        device=device, batch_size=batch_size, num_workers=num_workers, precision=precision, progress=progress,
     )

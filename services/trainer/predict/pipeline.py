@@ -19,7 +19,7 @@ from services.trainer.predict.ensemble import (
 )
 from shared.muge import GroundTruthError, has_ground_truth, read_ground_truth, recall_metrics
 from services.trainer.predict.features import Features, image_features, text_features
-from services.trainer.precision import autocast_dtype, resolve_device
+from services.trainer.engine.precision import autocast_dtype, resolve_device
 from services.trainer.predict.topk import ScoreMatrixWriter, TopK, chunked_topk
 from shared.options import PredictOptions
 

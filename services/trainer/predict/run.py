@@ -21,7 +21,7 @@ from services.trainer.predict.ensemble import (
     write_sidecar,
 )
 from shared.muge import EvaluationError, read_ground_truth, write_predictions
-from services.trainer.precision import resolve_device
+from services.trainer.engine.precision import resolve_device
 from services.trainer.predict.config import PredictConfig
 from services.trainer.predict.pipeline import (
     encode,
@@ -86,7 +86,7 @@ def _single(config: PredictConfig, emit: Emit) -> dict[str, Any]:
     if config.online != "off":
         from services.trainer.online.adapt import adapt
 
-        adapted = adapt(model, checkpoint, config, device, emit)
+        adapted = adapt(model, checkpoint, config, config, device, emit)
     encoded = encode(model, config.image_data, config.text_data, config, device, emit)
     del model
     writer = scores_path = None
@@ -150,7 +150,7 @@ def _online_members(config: PredictConfig, emit: Emit) -> list[str]:
     adapted = []
     for i, checkpoint in enumerate(config.members):
         model, read = load_model(checkpoint, config, device)
-        adapted.append(str(adapt(model, read, config, device, emit, member=i)))
+        adapted.append(str(adapt(model, read, config, config, device, emit, member=i)))
         del model
     return adapted
 

@@ -136,29 +136,26 @@ def chunked_topk(
     _check_finite("gallery features", gallery)
     dev = resolve_device(device)
     n_queries, n_gallery = queries.shape[0], gallery.shape[0]
-    # The gallery features (N x d) are moved once; only the score blocks are chunked.
-    gallery_dev = gallery.to(dev, torch.promote_types(queries.dtype, gallery.dtype))
-    all_scores = torch.empty(n_queries, k, dtype=torch.float32)
-    all_indices = torch.empty(n_queries, k, dtype=torch.int64)
-    # One buffer holds every score block in turn: no allocator churn, a fixed footprint.
     dtype = torch.promote_types(queries.dtype, gallery.dtype)
+    # The gallery features (N x d) are moved once; only the score blocks are chunked.
+    gallery_dev = gallery.to(dev, dtype)
+    # One buffer holds every score block in turn: no allocator churn, a fixed footprint.
     buffer = torch.empty(min(query_chunk, n_queries) * min(gallery_chunk, n_gallery), dtype=dtype, device=dev)
-    for q0 in range(0, n_queries, query_chunk):
-        q1 = min(q0 + query_chunk, n_queries)
+
+    def rows(q0: int, q1: int) -> Callable[[int, int], torch.Tensor]:
         q = queries[q0:q1].to(dev, dtype)
-        running = RunningTopK(q1 - q0, k, dev)
-        for g0 in range(0, n_gallery, gallery_chunk):
-            g1 = min(g0 + gallery_chunk, n_gallery)
-            block = buffer[: (q1 - q0) * (g1 - g0)].view(q1 - q0, g1 - g0)
-            torch.mm(q, gallery_dev[g0:g1].T, out=block)
+
+        def block(g0: int, g1: int) -> torch.Tensor:
+            scores = buffer[: (q1 - q0) * (g1 - g0)].view(q1 - q0, g1 - g0)
+            torch.mm(q, gallery_dev[g0:g1].T, out=scores)
             if sink is not None:
-                sink.write(q0, g0, block)
-            running.update(block, g0)
-        all_scores[q0:q1] = running.scores.cpu()
-        all_indices[q0:q1] = running.indices.cpu()
-        if progress is not None:
-            progress(q1, n_queries)
-    return TopK(all_scores, all_indices)
+                sink.write(q0, g0, scores)
+            return scores
+
+        return block
+
+    return _blockwise_topk((n_queries, n_gallery), k, rows, query_chunk=query_chunk,
+                           gallery_chunk=gallery_chunk, device=dev, progress=progress)
 
 
 def fused_topk(
@@ -187,20 +184,44 @@ def fused_topk(
     _check_chunk("query chunk", query_chunk)
     _check_chunk("gallery chunk", gallery_chunk)
     dev = resolve_device(device)
+
+    def rows(q0: int, q1: int) -> Callable[[int, int], torch.Tensor]:
+        def block(g0: int, g1: int) -> torch.Tensor:
+            scores = None
+            for weight, matrix in zip(weights, matrices):
+                part = torch.from_numpy(np.array(matrix[q0:q1, g0:g1], dtype=np.float32)).to(dev)
+                scores = part * weight if scores is None else scores.add_(part, alpha=weight)
+            _check_finite("saved scores", scores)
+            return scores
+
+        return block
+
+    return _blockwise_topk(shape, k, rows, query_chunk=query_chunk, gallery_chunk=gallery_chunk,
+                           device=dev, progress=progress)
+
+
+def _blockwise_topk(
+    shape: tuple[int, int],
+    k: int,
+    rows: Callable[[int, int], Callable[[int, int], torch.Tensor]],
+    *,
+    query_chunk: int,
+    gallery_chunk: int,
+    device: torch.device,
+    progress: Callable[[int, int], None] | None,
+) -> TopK:
+    """The loop both top-k functions share: for each query chunk ``[q0, q1)``, ``rows(q0, q1)``
+    gives the function that scores gallery columns ``[g0, g1)`` of it; blocks are merged in
+    increasing column order into a running top-k."""
     n_queries, n_gallery = shape
     all_scores = torch.empty(n_queries, k, dtype=torch.float32)
     all_indices = torch.empty(n_queries, k, dtype=torch.int64)
     for q0 in range(0, n_queries, query_chunk):
         q1 = min(q0 + query_chunk, n_queries)
-        running = RunningTopK(q1 - q0, k, dev)
+        block = rows(q0, q1)
+        running = RunningTopK(q1 - q0, k, device)
         for g0 in range(0, n_gallery, gallery_chunk):
-            g1 = min(g0 + gallery_chunk, n_gallery)
-            block = None
-            for weight, matrix in zip(weights, matrices):
-                part = torch.from_numpy(np.array(matrix[q0:q1, g0:g1], dtype=np.float32)).to(dev)
-                block = part * weight if block is None else block.add_(part, alpha=weight)
-            _check_finite("saved scores", block)
-            running.update(block, g0)
+            running.update(block(g0, min(g0 + gallery_chunk, n_gallery)), g0)
         all_scores[q0:q1] = running.scores.cpu()
         all_indices[q0:q1] = running.indices.cpu()
         if progress is not None:

@@ -16,7 +16,7 @@ from services.trainer.data.lmdb_read import PairsDataset
 from services.trainer.data.sampler import ResumableDistributedSampler
 from services.trainer.data.transforms import image_transform
 from services.trainer.train.config import ConfigError, TrainConfig
-from services.trainer.train.distributed import DistEnv
+from services.trainer.engine.distributed import DistEnv
 
 
 @dataclass

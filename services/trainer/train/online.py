@@ -1,13 +1,22 @@
-"""The seam for online learning.
+"""The seam for online learning: the ``OnlineHook`` protocol the training loop calls, and
+``NoOnline`` for runs without it.
 
-During validation (training) and on test batches (prediction) the loop calls
-``hook.on_eval_batch(split, batch_index, batch)`` once per batch, before the batch is embedded,
-with the batch itself (texts, token ids and attention mask included). An online learner takes
-its training step there. ``before_eval(split, texts, epoch=, train_step=, batches=)`` / ``after_eval(split)`` bracket
-each pass so a learner can submit all queries ahead (crawl ahead, never block the accelerator),
-size its online budget by the training steps since the last pass, and report its totals; ``prefetch(split, texts)``, called when training starts, lets it fetch what the
-passes will need while the job trains. The learner (services/trainer/online/learner.py) holds its own narrow context
-(the step unit, the process group, where to report); the hook is never given the trainer.
+The hook is built outside the trainer (train/run.py, from the run's parts) and injected; it
+holds its own narrow context (the engine's step runner, the process group, where to report)
+and is never given the trainer. The loop calls, per validation pass:
+
+- ``prefetch(split, texts)`` once, when training starts: fetch what the passes will need while
+  the job trains;
+- ``before_eval(split, texts, epoch=, train_step=, batches=)``: all of this rank's queries of
+  the pass in batch order (crawl ahead, never block the accelerator), the epoch, the training
+  step reached and the pass's batch count (the online budget is sized by the steps since the
+  last pass);
+- ``on_eval_batch(split, batch_index, batch)`` once per batch, before it is embedded, with the
+  batch as loaded (texts, token ids and attention mask): the learner steps there;
+- ``after_eval(split)``: report the pass's totals.
+
+``online_steps`` (online steps taken over the run) goes into every checkpoint; ``epoch`` is the
+epoch of the last pass (None before one); ``close()`` ends the hook's work when the run ends.
 """
 from __future__ import annotations
 
@@ -16,6 +25,9 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 @runtime_checkable
 class OnlineHook(Protocol):
+    online_steps: int
+    epoch: int | None
+
     def prefetch(self, split: str, texts: Sequence[str]) -> None: ...
 
     def before_eval(self, split: str, texts: Sequence[str], *, epoch: int | None = None,
@@ -25,11 +37,15 @@ class OnlineHook(Protocol):
 
     def after_eval(self, split: str) -> None: ...
 
+    def close(self) -> None: ...
+
 
 class NoOnline:
     """Plain offline evaluation: every call does nothing."""
 
-    online_steps = 0
+    def __init__(self) -> None:
+        self.online_steps = 0
+        self.epoch: int | None = None
 
     def prefetch(self, split: str, texts: Sequence[str]) -> None:
         pass

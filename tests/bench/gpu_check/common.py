@@ -218,15 +218,15 @@ def image_batch(batch: int, vision_model: str, device: torch.device, seed: int =
 
 
 def autocast_for(precision: str, device: torch.device):
-    """The autocast the trainer uses for a precision (services/trainer/precision.py decides it
+    """The autocast the trainer uses for a precision (services/trainer/engine/precision.py decides it
     for training, online steps and prediction alike)."""
-    from services.trainer.precision import autocast
+    from services.trainer.engine.precision import autocast
 
     return autocast(precision, device)
 
 
 def grad_scaler_for(precision: str, device: torch.device):
     """The trainer's loss scaler: only amp on CUDA scales the loss (fp16 gradients underflow)."""
-    from services.trainer.precision import grad_scaler
+    from services.trainer.engine.precision import grad_scaler
 
     return grad_scaler(precision, device)

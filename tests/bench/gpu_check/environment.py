@@ -57,7 +57,7 @@ def main() -> None:
                     "packages": {p: version(p.replace("_", "-")) or version(p) for p in PACKAGES},
                     "nvidia_smi": nvidia_smi()}
     try:
-        import services.trainer.train.loop  # noqa: F401 - the trainer imports in this environment
+        import services.trainer.train.run  # noqa: F401 - the trainer imports in this environment
         import cn_clip.clip.model  # noqa: F401
         result["imports_ok"] = True
     except Exception as exc:  # noqa: BLE001 - reported, the steps will fail with the details

@@ -45,7 +45,7 @@ class Side:
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.001)
 
     def step(self, inputs, precision: str, device: torch.device, scaler) -> None:
-        from services.trainer.train.loss import contrastive_loss
+        from services.trainer.engine.loss import contrastive_loss
 
         self.optimizer.zero_grad(set_to_none=True)
         with autocast_for(precision, device):
@@ -95,7 +95,7 @@ def measure(side: Side, inputs, precision: str, device: torch.device, warmup: in
 def count_flops_per_sample(side: Side, inputs, device: torch.device) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from services.trainer.train.loss import contrastive_loss
+    from services.trainer.engine.loss import contrastive_loss
 
     side.optimizer.zero_grad(set_to_none=True)
     with FlopCounterMode(display=False) as counter:

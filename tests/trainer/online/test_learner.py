@@ -10,9 +10,9 @@ import torch
 
 from services.trainer.cli import main
 from services.trainer.model.checkpoint import read_checkpoint
-from services.trainer.train.distributed import DistEnv
+from services.trainer.engine.distributed import DistEnv
 from services.trainer.train.events import JsonLinesSink
-from services.trainer.train.loop import Trainer
+from services.trainer.train.run import build_trainer
 from tests.fixtures_online import fill_cache
 from tests.trainer.test_train_loop import make_config
 
@@ -37,7 +37,7 @@ def test_a_validation_pass_steps_once_per_batch_on_cached_pictures(synthetic_dat
     config = make_config(synthetic_data, tmp_path, online="cache", online_cache_dir=str(tmp_path / "cache"),
                          online_dedupe_gallery=False, **PROTOTYPE)
     sink = JsonLinesSink(events)
-    trainer = Trainer(config, CPU, sink)
+    trainer = build_trainer(config, CPU, sink)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.validate(epoch=0)
     trainer.save("epoch1.pt", 1)
@@ -64,7 +64,7 @@ def test_online_lr_steps_at_its_own_rate_and_gives_the_schedule_its_rate_back(sy
         config = make_config(synthetic_data, tmp_path / str(online_lr), online="cache",
                              online_cache_dir=str(tmp_path / "cache"), online_dedupe_gallery=False,
                              online_lr=online_lr, **PROTOTYPE)
-        trainer = Trainer(config, CPU)
+        trainer = build_trainer(config, CPU)
         for group in trainer.optimizer.param_groups:
             group["lr"] = 0.0  # where the cosine schedule ends: the last validation's rate
         rates = []
@@ -87,7 +87,7 @@ def test_online_lr_steps_at_its_own_rate_and_gives_the_schedule_its_rate_back(sy
 def test_no_cached_picture_means_no_step_and_no_change(synthetic_data, tmp_path):
     config = make_config(synthetic_data, tmp_path, online="cache", online_cache_dir=str(tmp_path / "empty"),
                          online_dedupe_gallery=False)
-    trainer = Trainer(config, CPU)
+    trainer = build_trainer(config, CPU)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.validate(epoch=0)
     trainer.close()
@@ -100,7 +100,7 @@ def test_test_time_adaptation_uses_image_e_mod_k_and_saves_a_chinese_clip_checkp
     texts = [t["text"] for t in synthetic_data.manifest["texts"]["test"]]
     fill_cache(tmp_path / "cache", "test", texts, k=2)
     trained = make_config(synthetic_data, tmp_path, name="base", max_steps=2)
-    Trainer(trained, CPU).fit()
+    build_trainer(trained, CPU).fit()
     checkpoint = trained.checkpoint_dir / "epoch_latest.pt"
     events = tmp_path / "predict.jsonl"
     code = main(["predict", "--resume", str(checkpoint), "--image-data", str(synthetic_data.lmdb("test")),
@@ -131,7 +131,7 @@ def test_a_resumed_run_continues_the_online_step_count_without_repeating_passes(
     fill_cache(tmp_path / "cache", "valid", texts)
     common = dict(online="cache", online_cache_dir=str(tmp_path / "cache"), online_dedupe_gallery=False,
                   valid_step_interval=2, valid_epoch_interval=-1, name="resumed", **PROTOTYPE)
-    first = Trainer(make_config(synthetic_data, tmp_path, max_steps=2, **common), CPU)
+    first = build_trainer(make_config(synthetic_data, tmp_path, max_steps=2, **common), CPU)
     first.fit()
     per_pass = first.valid_data.num_batches
     first.close()
@@ -139,7 +139,7 @@ def test_a_resumed_run_continues_the_online_step_count_without_repeating_passes(
     assert torch.load(latest, weights_only=False)["online_steps"] == per_pass
     events = tmp_path / "resumed.jsonl"
     sink = JsonLinesSink(events)
-    again = Trainer(make_config(synthetic_data, tmp_path, max_steps=4, **common), CPU, sink)
+    again = build_trainer(make_config(synthetic_data, tmp_path, max_steps=4, **common), CPU, sink)
     assert again.step == 2 and again.online.online_steps == per_pass
     again.fit()
     again.close()

@@ -11,9 +11,9 @@ import torch
 from services.trainer.cli import main
 from services.trainer.online.agreement import agreeing
 from services.trainer.online.budget import StepBudget
-from services.trainer.train.distributed import DistEnv
+from services.trainer.engine.distributed import DistEnv
 from services.trainer.train.events import JsonLinesSink
-from services.trainer.train.loop import Trainer
+from services.trainer.train.run import build_trainer
 from tests.fixtures_online import fill_cache
 from tests.trainer.test_train_loop import make_config
 
@@ -89,7 +89,7 @@ def test_default_levers_in_training_budget_filter_and_replay(synthetic_data, tmp
                          online_dedupe_gallery=False, max_steps=8, valid_step_interval=4, valid_epoch_interval=-1,
                          valid_batch_size=256, online_step_ratio=0.5, online_keep_images=3, online_replay=1.0)
     sink = JsonLinesSink(events)
-    trainer = Trainer(config, CPU, sink)
+    trainer = build_trainer(config, CPU, sink)
     trainer.fit()
     trainer.close()
     sink.close()
@@ -115,7 +115,7 @@ def test_each_use_of_a_query_takes_its_next_picture_unless_told_the_prototypes_w
                          valid_batch_size=256, online_step_ratio=None, online_keep_images=None, online_replay=0.0,
                          online_cycle_images=cycle)
     sink = JsonLinesSink(events)
-    trainer = Trainer(config, CPU, sink)
+    trainer = build_trainer(config, CPU, sink)
     trainer.fit()
     trainer.close()
     sink.close()
@@ -133,7 +133,7 @@ def test_the_same_amount_is_learnt_whether_validation_runs_often_or_seldom(synth
         config = make_config(synthetic_data, tmp_path / str(every), online="cache",
                              online_cache_dir=str(tmp_path / "cache"), online_dedupe_gallery=False, max_steps=8,
                              valid_step_interval=every, valid_epoch_interval=-1, online_step_ratio=0.5)
-        trainer = Trainer(config, CPU)
+        trainer = build_trainer(config, CPU)
         trainer.fit()
         trainer.close()
         totals[every] = (len(trainer.result.validations), trainer.online.online_steps)
@@ -144,7 +144,7 @@ def test_the_same_amount_is_learnt_whether_validation_runs_often_or_seldom(synth
 @pytest.fixture()
 def base_checkpoint(synthetic_data, tmp_path):
     trained = make_config(synthetic_data, tmp_path, name="base", max_steps=2)
-    Trainer(trained, CPU).fit()
+    build_trainer(trained, CPU).fit()
     return trained.checkpoint_dir / "epoch_latest.pt"
 
 

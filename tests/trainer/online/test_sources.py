@@ -321,7 +321,7 @@ def test_results_beyond_what_memory_holds_are_served_from_the_cache(tmp_path, re
     deadline = time.monotonic() + 10
     while source.counts["arrived"] < 8 and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert sum(1 for a in source._pass.arrived.values() if a.fetched is not None) == 2
+    assert sum(1 for a in source.ledger.current.arrived.values() if a.fetched is not None) == 2
     got = source.take(QUERIES)
     counts = source.end_pass()
     source.close()
@@ -396,7 +396,7 @@ def test_prefetched_queries_are_not_asked_twice_and_their_results_serve_the_pass
         # All three handled before the batch asks (the harder order: a failed prefetch
         # result must not make the batch ask again).
         deadline = time.monotonic() + 10
-        while len(source._pass.arrived) < 2 or QUERIES[2] not in cache:
+        while len(source.ledger.current.arrived) < 2 or QUERIES[2] not in cache:
             assert time.monotonic() < deadline, "results never handled"
             time.sleep(0.02)
         time.sleep(0.3)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from services.trainer.precision import resolve_device
+from services.trainer.engine.precision import resolve_device
 
 
 @dataclass
@@ -24,6 +24,11 @@ class DistEnv:
     local_rank: int
     device: torch.device
     backend: str | None  # None: single process, no process group
+
+    @classmethod
+    def alone(cls, device: torch.device) -> "DistEnv":
+        """One process, no process group (prediction, tests)."""
+        return cls(rank=0, world_size=1, local_rank=0, device=device, backend=None)
 
     @property
     def is_main(self) -> bool:

@@ -11,11 +11,13 @@ weights have, what autocast does and whether gradients are scaled.
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+from typing import ContextManager, get_args
 
 import torch
 
-PRECISIONS: tuple[str, ...] = ("amp", "bf16", "fp16", "fp32")
+from shared.options import Precision
+
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 class DeviceUnavailableError(RuntimeError):

@@ -1,5 +1,5 @@
-"""One optimizer step on (image, text) pairs: the unit the main training loop, the
-validation-time online learner and test-time adaptation all call.
+"""One optimizer step on (image, text) pairs (``StepRunner``): the unit the main training loop,
+the validation-time online learner and test-time adaptation all call.
 
 A step takes ``accum_freq`` chunks of this rank's pairs. With one chunk it is a plain forward,
 loss over the global batch, backward and update. With several, the features of all chunks are
@@ -19,10 +19,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from services.trainer.engine.distributed import DistEnv
+from services.trainer.engine.loss import LossOutput, contrastive_loss
+from services.trainer.engine.precision import autocast, grad_scaler, half_weights
 from services.trainer.model.features import encode_image
-from services.trainer.precision import autocast, grad_scaler, half_weights
-from services.trainer.train.distributed import DistEnv
-from services.trainer.train.loss import LossOutput, contrastive_loss
+from shared.options import OptimOptions
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learned temperature at 100
 
@@ -59,16 +60,16 @@ def no_weight_decay(model: nn.Module) -> set[str]:
     return names
 
 
-def build_optimizer(model: nn.Module, config) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; ``config`` carries the OptimOptions fields."""
+def build_optimizer(model: nn.Module, options: OptimOptions) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters (a TrainConfig or PredictConfig is an OptimOptions)."""
     exempt = no_weight_decay(model)
     decay, plain = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
             (plain if name in exempt else decay).append(param)
     return torch.optim.AdamW(
-        [{"params": plain, "weight_decay": 0.0}, {"params": decay, "weight_decay": config.wd}],
-        lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps,
+        [{"params": plain, "weight_decay": 0.0}, {"params": decay, "weight_decay": options.wd}],
+        lr=options.lr, betas=(options.beta1, options.beta2), eps=options.eps,
     )
 
 
@@ -76,8 +77,9 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 1_009 + rank) % (2**63 - 1)
 
 
-class TrainStep:
-    """Holds what a step needs: the model as trained (``forward`` = DDP-wrapped
+class StepRunner:
+    """Runs training steps (not to be confused with ``shared.messages.TrainStep``, the event
+    that reports them). Holds what a step needs: the model as trained (``forward`` = DDP-wrapped
     ContrastiveModel or the plain one), the ChineseCLIPModel for the logit-scale clamp, the
     optimizer, precision, loss and process group."""
 
