@@ -7,7 +7,9 @@ An index is a folder (``experiments/<name>/index/``, shared/layout.py) holding
 - ``embeddings.npy``: float16 ``(count, dim)``, L2-normalised rows (half the bytes of float32;
   scores differ from float32 by ~1e-3, far below the gaps that order a top-k),
 - ``faiss.index``: a FAISS inner-product index over the same rows (row i = ids[i]),
-- ``manifest.json``: what made it (``Manifest`` below), written last.
+- ``manifest.json``: what made it (``Manifest`` below), written last. An ensemble's index
+  holds its members' embeddings side by side (``members``, ``weights``): a query's member
+  features, side by side and weighted, score each row by the ensemble's fused score.
 
 It is written into a hidden sibling folder and renamed into place: a build killed midway
 leaves a ``.index.tmp-*`` folder that no reader opens, never a half-made ``index/``.
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 FORMAT_VERSION = 1
 IDS_FILE = "ids.json"
@@ -44,12 +46,21 @@ class IndexFormatError(ValueError):
     """An index folder that is missing, incomplete or corrupt; the message names the file."""
 
 
+class Member(BaseModel):
+    """One checkpoint that embedded the gallery, and the embedding columns it wrote (``dim``)."""
+
+    checkpoint: str
+    checkpoint_sha256: str
+    dim: int
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     format: int = FORMAT_VERSION
-    checkpoint: str
-    checkpoint_sha256: str
+    # One checkpoint; for an ensemble these are null and ``members`` names them.
+    checkpoint: str | None
+    checkpoint_sha256: str | None
     vision_model: str
     text_model: str
     context_length: int
@@ -60,6 +71,28 @@ class Manifest(BaseModel):
     index_kind: Literal["flat", "ivf", "hnsw"]
     params: dict[str, Any] = {}
     recall_at_10: float | None = None  # of ivf/hnsw against exact search; 1.0 for flat
+    # An ensemble: its checkpoints, each embedding's columns side by side in this order, and
+    # their weights (summing to 1), applied to a query's features when it is searched.
+    members: list[Member] = []
+    weights: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _one_or_members(self) -> "Manifest":
+        if self.members:
+            if self.checkpoint is not None or self.weights is None or len(self.weights) != len(self.members):
+                raise ValueError("an ensemble's manifest has members with one weight each and no single checkpoint")
+            if sum(m.dim for m in self.members) != self.dim:
+                raise ValueError(f"the members' dimensions add up to {sum(m.dim for m in self.members)}, not dim")
+        elif self.checkpoint is None or self.checkpoint_sha256 is None:
+            raise ValueError("a manifest names its checkpoint (or an ensemble's members)")
+        return self
+
+    @property
+    def checkpoints(self) -> list[Member]:
+        """What embedded the gallery: the one checkpoint, or the ensemble's members in order."""
+        if self.members:
+            return list(self.members)
+        return [Member(checkpoint=self.checkpoint, checkpoint_sha256=self.checkpoint_sha256, dim=self.dim)]
 
 
 def checkpoint_sha256(path: str | Path) -> str:

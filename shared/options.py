@@ -281,6 +281,18 @@ class TrainOptions(ModelOptions, OptimOptions, OnlineOptions):
         return self
 
 
+def check_member_weights(model: BaseModel) -> None:
+    """An ensemble's weights (prediction and index alike): one per member, finite, non-negative
+    and not all zero (services/trainer/predict/ensemble.normalise_weights scales them to sum 1)."""
+    weights, members = model.weights, model.members
+    if weights is None:
+        return
+    if members and len(weights) != len(members):
+        raise refuse(model, "weights", f"{len(members)} members but {len(weights)} weights")
+    if any(w < 0 or not math.isfinite(w) for w in weights) or not any(w > 0 for w in weights):
+        raise refuse(model, "weights", "weights must be finite, non-negative and not all zero")
+
+
 class PredictOptions(ModelOptions, OptimOptions, OnlineOptions):
     """Everything a user chooses about a prediction (the prototype's predict.sh modes):
     ``single`` (one checkpoint, optionally adapted to the test queries online first),
@@ -341,11 +353,7 @@ class PredictOptions(ModelOptions, OptimOptions, OnlineOptions):
             raise refuse(self, "save_index", "save_index keeps a single model's gallery embeddings (mode 'single')")
         if mode == "ensemble" and len(self.members) < 2:
             raise refuse(self, "members", "mode 'ensemble' needs at least two member checkpoints")
-        if self.weights is not None:
-            if self.members and len(self.weights) != len(self.members):
-                raise refuse(self, "weights", f"{len(self.members)} members but {len(self.weights)} weights")
-            if any(w < 0 or not math.isfinite(w) for w in self.weights) or not any(w > 0 for w in self.weights):
-                raise refuse(self, "weights", "weights must be finite, non-negative and not all zero")
+        check_member_weights(self)
         if (self.fit_weights_on is None) != (self.fit_images is None):
             raise refuse(self, "fit_images", "fit_weights_on and fit_images go together")
         if self.fit_weights_on is not None:
@@ -390,14 +398,20 @@ RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 class IndexOptions(ModelOptions):
     """What ``cnclip index`` embeds and how it searches: a gallery LMDB encoded by one
-    checkpoint, kept as float16 embeddings beside a FAISS index. ``flat`` is exact inner
-    product; ``ivf`` and ``hnsw`` trade a little recall (measured against exact and reported)
-    for speed on large galleries."""
+    checkpoint (``resume``), or by an ensemble's member checkpoints with their weights (as
+    ``cnclip predict --mode ensemble``), kept as float16 embeddings beside a FAISS index.
+    ``flat`` is exact inner product; ``ivf`` and ``hnsw`` trade a little recall (measured
+    against exact and reported) for speed on large galleries."""
 
     image_data: PathText = Field(..., json_schema_extra=INPUT,
                                  description="LMDB split dir of the gallery (.../lmdb/test)")
-    resume: PathText = Field(..., json_schema_extra=INPUT,
-                             description="checkpoint (.pt or transformers dir) that embeds the gallery")
+    resume: PathText | None = Field(None, json_schema_extra=INPUT,
+                                    description="checkpoint (.pt or transformers dir) that embeds the gallery")
+    members: list[PathText] = Field(default_factory=list, max_length=64, json_schema_extra=INPUT,
+                                    description="instead of resume: an ensemble's checkpoints (two or more; same "
+                                                "model options), searched by their fused scores")
+    weights: list[float] | None = Field(None, max_length=64,
+                                        description="one weight per member (default: equal)")
     index_kind: IndexKind = Field("flat", description="flat (exact inner product), ivf or hnsw")
     ivf_lists: int | None = Field(None, ge=1, le=1 << 20,
                                   description="ivf: clusters (default: about 4 x sqrt(images))")
@@ -410,6 +424,14 @@ class IndexOptions(ModelOptions):
 
     @model_validator(mode="after")
     def _rules(self) -> "IndexOptions":
+        if (self.resume is None) == (not self.members):
+            raise refuse(self, "resume" if self.resume is None else "members",
+                         "give either a checkpoint (resume) or an ensemble's members, not both")
+        if self.members and len(self.members) < 2:
+            raise refuse(self, "members", "an ensemble needs at least two member checkpoints")
+        if self.weights is not None and not self.members:
+            raise refuse(self, "weights", "weights belong to an ensemble's members")
+        check_member_weights(self)
         if self.index_kind != "ivf" and (self.ivf_lists is not None or self.ivf_probe is not None):
             raise refuse(self, "ivf_lists" if self.ivf_lists is not None else "ivf_probe",
                          "ivf_lists and ivf_probe belong to index_kind 'ivf'")

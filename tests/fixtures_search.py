@@ -20,11 +20,13 @@ TINY = ["--vision-model", "tiny", "--text-model", "tiny", "--device", "cpu", "--
         "--img-batch-size", "32"]
 
 
-def build_index(data_root: Path, name: str, gallery: Path, checkpoint: Path, *extra: str) -> Path:
-    """``cnclip index`` into ``data_root/experiments/<name>/index`` (in a subprocess, as a user runs it)."""
+def build_index(data_root: Path, name: str, gallery: Path, checkpoint: Path | None, *extra: str) -> Path:
+    """``cnclip index`` into ``data_root/experiments/<name>/index`` (in a subprocess, as a user
+    runs it); no checkpoint: ``extra`` names an ensemble's ``--members``."""
+    resume = ["--resume", str(checkpoint)] if checkpoint is not None else []
     done = subprocess.run(
         [sys.executable, "-m", "services.trainer.cli", "index", "--image-data", str(gallery),
-         "--resume", str(checkpoint), "--experiments", str(data_root / "experiments"), "--name", name,
+         *resume, "--experiments", str(data_root / "experiments"), "--name", name,
          *TINY, *extra],
         cwd=REPO_ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]

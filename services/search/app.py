@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import time
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -71,21 +72,24 @@ class TokenMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
-def _answer(name: str, hits: list[tuple[Any, float]], k: int, started: float, **extra: Any) -> dict[str, Any]:
-    return {"index": name, "k": k, **extra, "took_ms": round((time.perf_counter() - started) * 1000, 2),
-            "results": [{"id": image_id, "score": round(score, 5),
-                         "thumbnail": f"/api/search/thumbs/{quote(name)}/{quote(str(image_id), safe='')}"}
-                        for image_id, score in hits]}
+def _answer(name: str, hits: list[tuple[Any, float]], k: int, started: float, **extra: Any) -> Response:
+    """The JSON answer, encoded here: FastAPI would otherwise validate the returned dict against
+    the route's annotation on the event loop, per request, for a shape fixed right here."""
+    payload = {"index": name, "k": k, **extra, "took_ms": round((time.perf_counter() - started) * 1000, 2),
+               "results": [{"id": image_id, "score": round(score, 5),
+                            "thumbnail": f"/api/search/thumbs/{quote(name)}/{quote(str(image_id), safe='')}"}
+                           for image_id, score in hits]}
+    return Response(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode(),
+                    media_type="application/json")
 
 
 def create_app(settings: SearchSettings | None = None) -> FastAPI:
+    from services.search import compute
     from services.trainer.engine.precision import resolve_device
-    import torch
 
     settings = settings or SearchSettings()
     token = resolve_token(settings)
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
+    threads = compute.configure(settings.threads)
     registry = IndexRegistry(settings.experiments, resolve_device(settings.device),
                              settings.memory_budget_mb * 1024 * 1024)
     thumbs = Thumbnails(settings.thumb_size, settings.thumb_cache)
@@ -94,6 +98,7 @@ def create_app(settings: SearchSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="Online-CNCLIP search", version="0.1.0", docs_url=None, redoc_url=None)
     app.state.registry = registry
+    app.state.threads = threads
 
     def loaded(name: str):
         try:
@@ -105,7 +110,7 @@ def create_app(settings: SearchSettings | None = None) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        return {"ok": True, "loaded": registry.loaded}
+        return {"ok": True, "loaded": registry.loaded, "threads": threads}
 
     @app.get("/api/search/indexes")
     async def indexes() -> dict[str, Any]:
@@ -113,7 +118,7 @@ def create_app(settings: SearchSettings | None = None) -> FastAPI:
 
     @app.get("/api/search")
     async def search_text(index: IndexName, q: Annotated[str, Query(max_length=10_000_000)] = "",
-                          k: TopK = 10) -> dict[str, Any]:
+                          k: TopK = 10) -> Response:
         started = time.perf_counter()
         try:
             text = clean_query(q)
@@ -126,7 +131,7 @@ def create_app(settings: SearchSettings | None = None) -> FastAPI:
         return _answer(index, hits, k, started, query=text)
 
     @app.post("/api/search/image")
-    async def search_image(request: Request, index: IndexName, k: TopK = 10) -> dict[str, Any]:
+    async def search_image(request: Request, index: IndexName, k: TopK = 10) -> Response:
         started = time.perf_counter()
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes:

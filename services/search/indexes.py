@@ -1,8 +1,9 @@
 """The indexes this service answers for, loaded on first use and kept within a memory budget.
 
 An index is found by name under the data root (``experiments/<name>/index/``); loading it
-reads the index (shared/gallery_index.py), checks that the checkpoint that made it is still
-there and unchanged (sha256), and loads that checkpoint's model with the trainer's model code.
+reads the index (shared/gallery_index.py), checks that the checkpoint that made it (or each of
+an ensemble's members) is still there and unchanged (sha256), and loads its model with the
+trainer's model code.
 What goes wrong is an ``IndexUnavailable`` naming the problem; the other indexes keep serving.
 When the loaded indexes and models together pass the budget, the least recently used go.
 """
@@ -42,7 +43,7 @@ def _identity(path: Path) -> tuple[int, int]:
 class LoadedIndex:
     name: str
     index: GalleryIndex
-    model: torch.nn.Module
+    models: list[torch.nn.Module]  # the checkpoint's, or each ensemble member's in manifest order
     device: torch.device
     nbytes: int
     identity: tuple[int, int] = (0, 0)
@@ -51,23 +52,32 @@ class LoadedIndex:
     def manifest(self):
         return self.index.manifest
 
+    def _query(self, per_model: list[torch.Tensor]) -> np.ndarray:
+        """L2-normalised features of each model -> what the index is searched with: the one
+        model's, or the ensemble's fused as its prediction fuses scores (predict/ensemble.py)."""
+        feats = [torch.nn.functional.normalize(f.float(), dim=-1).cpu().numpy() for f in per_model]
+        if len(feats) == 1:
+            return feats[0]
+        from services.trainer.predict.ensemble import fused_features
+
+        return fused_features(feats, self.manifest.weights)
+
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         from services.trainer.model import encode_text
         from services.trainer.tokenizer import tokenize
 
         input_ids, mask = tokenize(texts, self.manifest.context_length)
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         with torch.inference_mode():
-            feats = encode_text(self.model, input_ids.to(self.device), mask.to(self.device)).float()
-        return torch.nn.functional.normalize(feats, dim=-1).cpu().numpy()
+            return self._query([encode_text(model, input_ids, mask) for model in self.models])
 
     def encode_image(self, image) -> np.ndarray:
         from services.trainer.data.transforms import image_transform
         from services.trainer.model import encode_image, image_resolution
 
-        pixels = image_transform(image_resolution(self.manifest.vision_model))(image).unsqueeze(0)
+        pixels = image_transform(image_resolution(self.manifest.vision_model))(image).unsqueeze(0).to(self.device)
         with torch.inference_mode():
-            feats = encode_image(self.model, pixels.to(self.device)).float()
-        return torch.nn.functional.normalize(feats, dim=-1).cpu().numpy()
+            return self._query([encode_image(model, pixels) for model in self.models])
 
     def search(self, queries: np.ndarray, k: int) -> list[list[tuple[Any, float]]]:
         scores, rows = self.index.search(queries, k)
@@ -96,7 +106,9 @@ def available(experiments: Path) -> list[dict[str, Any]]:
             m = read_manifest(folder)
             found.append({"name": run.name, "count": m.count, "vision_model": m.vision_model,
                           "text_model": m.text_model, "index_kind": m.index_kind, "created": m.created,
-                          "checkpoint": m.checkpoint, "recall_at_10": m.recall_at_10})
+                          "checkpoint": m.checkpoint, "recall_at_10": m.recall_at_10,
+                          **({"members": [x.checkpoint for x in m.members], "weights": m.weights}
+                             if m.members else {})})
         except IndexFormatError as exc:
             found.append({"name": run.name, "error": str(exc), "created": 0})
     return sorted(found, key=lambda item: item["created"], reverse=True)
@@ -186,21 +198,25 @@ class IndexRegistry:
         except IndexFormatError as exc:
             raise IndexUnavailable(f"index {name!r} cannot be read: {exc}") from None
         manifest = index.manifest
-        checkpoint = Path(manifest.checkpoint)
-        if not checkpoint.exists():
-            raise IndexUnavailable(f"index {name!r}: its checkpoint {checkpoint} no longer exists")
-        if checkpoint_sha256(checkpoint) != manifest.checkpoint_sha256:
-            raise IndexUnavailable(f"index {name!r}: its checkpoint {checkpoint} changed since the index was "
-                                   "built (sha256 differs); build the index again")
-        try:
-            model = create_model(manifest.vision_model, manifest.text_model, attn_implementation="sdpa",
-                                 precision="fp32")
-            load_weights(model, checkpoint)
-        except (CheckpointError, ValueError, RuntimeError) as exc:
-            raise IndexUnavailable(f"index {name!r}: its checkpoint does not fit its model: {exc}"[:1000]) from None
-        dim = model.config.projection_dim
-        if dim != manifest.dim:
-            raise IndexUnavailable(f"index {name!r}: its model embeds in {dim} dimensions, its embeddings have "
-                                   f"{manifest.dim}")
-        model = model.to(self.device).eval()
-        return LoadedIndex(name, index, model, self.device, index.nbytes + model_bytes(model), identity)
+        models = []
+        for member in manifest.checkpoints:
+            checkpoint = Path(member.checkpoint)
+            if not checkpoint.exists():
+                raise IndexUnavailable(f"index {name!r}: its checkpoint {checkpoint} no longer exists")
+            if checkpoint_sha256(checkpoint) != member.checkpoint_sha256:
+                raise IndexUnavailable(f"index {name!r}: its checkpoint {checkpoint} changed since the index was "
+                                       "built (sha256 differs); build the index again")
+            try:
+                model = create_model(manifest.vision_model, manifest.text_model, attn_implementation="sdpa",
+                                     precision="fp32")
+                load_weights(model, checkpoint)
+            except (CheckpointError, ValueError, RuntimeError) as exc:
+                raise IndexUnavailable(
+                    f"index {name!r}: its checkpoint {checkpoint} does not fit its model: {exc}"[:1000]) from None
+            dim = model.config.projection_dim
+            if dim != member.dim:
+                raise IndexUnavailable(f"index {name!r}: the model of {checkpoint} embeds in {dim} dimensions, "
+                                       f"its embeddings have {member.dim}")
+            models.append(model.to(self.device).eval())
+        nbytes = index.nbytes + sum(model_bytes(model) for model in models)
+        return LoadedIndex(name, index, models, self.device, nbytes, identity)

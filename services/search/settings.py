@@ -29,7 +29,8 @@ class SearchSettings(CommonSettings):
     thumb_size: int = Field(192, ge=16, le=1024, description="longer side of a thumbnail, in pixels")
     thumb_cache: int = Field(4096, ge=0, description="thumbnails kept in memory")
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
-    threads: int = Field(0, ge=0, le=256, description="torch threads (0: torch's default)")
+    threads: int = Field(0, ge=0, le=256,
+                         description="torch and FAISS threads (0: half the usable CPUs, at least 1; services/search/compute.py)")
     max_batch: int = Field(32, ge=1, le=1024, description="text queries encoded together at most")
     log_level: str = "info"
 

@@ -160,14 +160,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--gallery", type=int, default=100_000)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads per server (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads per server (0: the service's default, services/search/compute.py)")
     parser.add_argument("--serve-reference", nargs=2, metavar=("INDEX_DIR", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_reference:
-        if args.threads:
-            import torch
+        import torch
 
-            torch.set_num_threads(args.threads)
+        sys.path.insert(0, str(ROOT))
+        from services.search.compute import inference_threads
+
+        torch.set_num_threads(inference_threads(args.threads))  # the count the service picks
         serve_reference(args.serve_reference[0], int(args.serve_reference[1]))
         return {}
 

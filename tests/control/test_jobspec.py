@@ -138,6 +138,23 @@ def test_index_options_resolve_into_the_index_builders_settings(tmp_path):
     assert [p.split(":")[0] for p in spec.missing_inputs(tmp_path)] == ["image_data", "resume"]
 
 
+def test_an_ensemble_index_job_names_its_members_under_the_data_root(tmp_path):
+    from services.trainer.index.config import IndexConfig
+    from shared.jobspec import IndexSpec
+
+    spec = IndexSpec(image_data="d", members=["runs/a.pt", "runs/b.pt"], weights=[3, 1])
+    again = spec_from_json(spec.model_dump_json())
+    assert isinstance(again, IndexSpec) and again == spec
+    config = IndexConfig(**spec.resolved_options(tmp_path, job_id="j3"))
+    assert config.checkpoints == [str(tmp_path / "runs/a.pt"), str(tmp_path / "runs/b.pt")]
+    assert config.resume is None and config.weights == [3, 1]
+    for bad, field in (({"members": ["runs/a.pt", "/etc/passwd"]}, "members"), ({"weights": [1]}, "weights"),
+                       ({"resume": "c.pt"}, "members")):
+        with pytest.raises(ValidationError) as exc:
+            IndexSpec(**{"image_data": "d", "members": ["runs/a.pt", "runs/b.pt"], **bad})
+        assert field in _error_fields(exc.value)
+
+
 @pytest.mark.parametrize("bad, field", [
     ({"image_data": "../x"}, "image_data"), ({"resume": "/etc/passwd"}, "resume"),
     ({"index_kind": "annoy"}, "index_kind"), ({"ivf_probe": 4}, "ivf_probe"), ({"name": "../up"}, "name"),

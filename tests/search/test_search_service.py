@@ -129,7 +129,11 @@ def test_only_the_control_token_is_trusted(server):
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {server.token}"}):
         got = httpx.get(server.base_url + "/api/search", params={"index": "alpha", "q": "dress"}, headers=headers)
         assert got.status_code == 401
-    assert httpx.get(server.base_url + "/healthz").status_code == 200
+    health = httpx.get(server.base_url + "/healthz")
+    assert health.status_code == 200
+    from services.search.compute import inference_threads
+
+    assert health.json()["threads"] == inference_threads(0)
 
 
 def _jpeg(size=(120, 90), colour=(200, 30, 30)) -> bytes:
@@ -227,3 +231,44 @@ def test_concurrent_queries_get_the_answers_they_get_alone(server):
     assert [len(rows) for rows in together] == [p["k"] for p in asks]
     for mine, ref in zip(together, alone):
         assert [r["score"] for r in mine] == pytest.approx([r["score"] for r in ref], abs=1e-4)
+
+
+def test_an_ensemble_index_ranks_as_the_ensemble_prediction(server, root, tmp_path):
+    """An index of two members weighted 3:1 answers a text with the images `cnclip predict
+    --mode ensemble` ranks first for it (the same fusion), scored by the fused score."""
+    from services.trainer.cli import main as cli_main
+    from services.trainer.predict.ensemble import load_saved_scores
+    from tests.fixtures_search import TINY
+
+    data_root, data = root
+    members = [data_root / "checkpoints" / f"{name}.pt" for name in ("alpha", "beta")]
+    build_index(data_root, "duo", data.lmdb("test"), None, "--members", *map(str, members), "--weights", "3", "1")
+    assert cli_main(["predict", "--mode", "ensemble", "--members", *map(str, members), "--weights", "3", "1",
+                     "--image-data", str(data.lmdb("test")), "--text-data", str(data.texts("test")),
+                     "--score-dir", str(tmp_path / "scores"), "--scores-dtype", "float32",
+                     "--output", str(tmp_path / "ens.jsonl"), *TINY]) == 0
+    predicted = [json.loads(line) for line in (tmp_path / "ens.jsonl").read_text().splitlines()]
+    saved = [load_saved_scores(p) for p in sorted((tmp_path / "scores").glob("*.npy"),
+                                                     key=lambda p: "beta" in p.name)]
+    texts = {row["text_id"]: row["text"] for row in map(json.loads, data.texts("test").read_text().splitlines())}
+    column = {image_id: c for c, image_id in enumerate(saved[0].image_ids)}
+    same = 0
+    with server.client() as client:
+        for row in predicted[:8]:
+            got = client.get("/api/search", params={"index": "duo", "q": texts[row["text_id"]], "k": 10})
+            assert got.status_code == 200, got.text
+            results = got.json()["results"]
+            r = saved[0].text_ids.index(row["text_id"])
+            fused = 0.75 * np.asarray(saved[0].matrix[r]) + 0.25 * np.asarray(saved[1].matrix[r])
+            # The service scores each image by the fused score (float16 embeddings: ~1e-3) ...
+            for hit in results:
+                assert hit["score"] == pytest.approx(fused[column[hit["id"]]], abs=3e-3)
+            # ... and returns the prediction's top 10, but for images tied within that rounding.
+            tenth = np.sort(fused)[-10]
+            assert all(fused[column[hit["id"]]] >= tenth - 3e-3 for hit in results)
+            same += [hit["id"] for hit in results] == row["image_ids"]
+        assert same >= 6
+        listed = {i["name"]: i for i in client.get("/api/search/indexes").json()["indexes"]}
+    assert listed["duo"]["members"] == [str(m.resolve()) for m in members]
+    assert listed["duo"]["weights"] == pytest.approx([0.75, 0.25])
+    assert listed["duo"]["checkpoint"] is None

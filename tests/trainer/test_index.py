@@ -29,7 +29,8 @@ TINY = ["--vision-model", "tiny", "--text-model", "tiny", "--device", "cpu", "--
 
 
 def run_index(capsys, data, checkpoint, experiments, *extra: str) -> tuple[int, dict | None, str]:
-    code = cli_main(["index", "--image-data", str(data.lmdb("test")), "--resume", str(checkpoint),
+    resume = ["--resume", str(checkpoint)] if checkpoint is not None else []
+    code = cli_main(["index", "--image-data", str(data.lmdb("test")), *resume,
                      "--experiments", str(experiments), *TINY, *extra])
     out, err = capsys.readouterr()
     result = json.loads(out.strip().splitlines()[-1]) if code == 0 else None
@@ -195,3 +196,50 @@ def test_save_index_belongs_to_mode_single(capsys, tmp_path, synthetic_data, tin
                      "--image-data", str(synthetic_data.lmdb("test")), "--text-data",
                      str(synthetic_data.texts("test")), "--save-index", "x", *TINY])
     assert code == 2 and "--save-index: save_index keeps a single model's gallery embeddings" in capsys.readouterr().err
+
+
+def test_an_ensemble_index_holds_its_members_embeddings_side_by_side(capsys, tmp_path, exact_build,
+                                                                     tiny_checkpoint):
+    """--members/--weights as `cnclip predict --mode ensemble`: each member embeds the gallery
+    (the same vectors as its own single index), the manifest names members and weights."""
+    from tests.trainer.test_predict import save_tiny_checkpoint
+
+    data, exact = exact_build
+    other = save_tiny_checkpoint(tmp_path / "other.pt", seed=7)
+    code, result, err = run_index(capsys, data, None, tmp_path, "--name", "other", "--resume", str(other))
+    assert code == 0, err
+    code = cli_main(["index", "--image-data", str(data.lmdb("test")), "--members", str(tiny_checkpoint), str(other),
+                     "--weights", "3", "1", "--experiments", str(tmp_path), "--name", "duo", *TINY])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["members"] == [str(tiny_checkpoint.resolve()), str(other.resolve())]
+    assert result["weights"] == pytest.approx([0.75, 0.25]) and result["dim"] == 128
+    duo, one, two = (load_index(p) for p in (tmp_path / "duo" / "index", exact, tmp_path / "other" / "index"))
+    assert duo.ids == one.ids == two.ids
+    np.testing.assert_array_equal(duo.embeddings, np.hstack([one.embeddings, two.embeddings]))
+    m = duo.manifest
+    assert m.checkpoint is None and m.checkpoint_sha256 is None and m.weights == pytest.approx([0.75, 0.25])
+    assert [(x.checkpoint, x.checkpoint_sha256, x.dim) for x in m.members] == [
+        (str(tiny_checkpoint.resolve()), checkpoint_sha256(tiny_checkpoint), 64),
+        (str(other.resolve()), checkpoint_sha256(other), 64)]
+    assert [x.checkpoint for x in m.checkpoints] == [x.checkpoint for x in m.members]
+    assert [x.checkpoint for x in one.manifest.checkpoints] == [one.manifest.checkpoint]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--members", "{a}"], "--members: an ensemble needs at least two member checkpoints"),
+    (["--members", "{a}", "{a}", "--weights", "1"], "--weights: 2 members but 1 weights"),
+    (["--members", "{a}", "{a}", "--weights", "0", "0"], "--weights: weights must be finite, non-negative"),
+    (["--members", "{a}", "{a}", "--resume", "{a}"], "--members: give either a checkpoint (resume) or"),
+    (["--resume", "{a}", "--weights", "1"], "--weights: weights belong to an ensemble's members"),
+    ([], "--resume: give either a checkpoint (resume) or an ensemble's members"),
+    (["--members", "{a}", "{gone}"], "checkpoint not found: {gone}"),
+])
+def test_bad_ensembles_are_refused_with_their_name(capsys, tmp_path, synthetic_data, tiny_checkpoint, args,
+                                                   message):
+    fill = {"a": str(tiny_checkpoint), "gone": str(tmp_path / "gone.pt")}
+    code = cli_main(["index", "--image-data", str(synthetic_data.lmdb("test")), "--experiments", str(tmp_path),
+                     *[a.format(**fill) for a in args], *TINY])
+    assert code == 2 and message.format(**fill) in capsys.readouterr().err
+    assert not (tmp_path / "index").exists()

@@ -20,9 +20,15 @@ class IndexConfig(IndexOptions, IndexRunOptions):
     def target(self) -> Path:
         return layout.index_dir(self.experiments, self.name)
 
+    @property
+    def checkpoints(self) -> list[str]:
+        """What embeds the gallery: the checkpoint, or the ensemble's members in order."""
+        return list(self.members) if self.members else [self.resume]
+
     def check(self) -> None:
         """What only the file system can tell: the inputs exist."""
         if not Path(self.image_data).is_dir():
             raise ValueError(f"image LMDB not found: {self.image_data}")
-        if not Path(self.resume).exists():
-            raise ValueError(f"checkpoint not found: {self.resume}")
+        for checkpoint in self.checkpoints:
+            if not Path(checkpoint).exists():
+                raise ValueError(f"checkpoint not found: {checkpoint}")

@@ -191,6 +191,20 @@ def fuse(
     return text_ids, ids_of(top, image_ids), top
 
 
+def fused_features(features: Sequence[np.ndarray], weights: Sequence[float] | None) -> np.ndarray:
+    """The members' features of the same queries, side by side, each scaled by its normalised
+    weight. Against the members' gallery features side by side (``stacked_features``) its inner
+    product is sum_i w_i <query_i, image_i>: the fused score ``fuse`` ranks by, so an index over
+    the stacked gallery (a gallery index of an ensemble) ranks as the ensemble prediction does."""
+    w = normalise_weights(weights, len(features))
+    return np.concatenate([np.asarray(f, dtype=np.float32) * wi for f, wi in zip(features, w)], axis=1)
+
+
+def stacked_features(features: Sequence[np.ndarray]) -> np.ndarray:
+    """The members' features of the same images, side by side (the gallery ``fused_features`` scores)."""
+    return np.concatenate([np.asarray(f, dtype=np.float32) for f in features], axis=1)
+
+
 def ids_of(top: TopK, image_ids: Sequence[Any]) -> list[list[Any]]:
     """Gallery row indices to image ids (ids may be integers or strings)."""
     return [[image_ids[i] for i in row] for row in top.indices.tolist()]
