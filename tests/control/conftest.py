@@ -46,7 +46,7 @@ class ControlServer:
         return {"Authorization": f"Bearer {self.token}"}
 
     def client(self, **kwargs) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, headers=self.headers, timeout=30.0, **kwargs)
+        return httpx.Client(base_url=self.base_url, headers=self.headers, timeout=60.0, **kwargs)
 
     def start(self, timeout: float = 30.0) -> "ControlServer":
         env = {**os.environ, "CNCLIP_REDIS_URL": self.redis_url, "CNCLIP_DATA_ROOT": str(self.data_root),
