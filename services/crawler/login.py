@@ -130,10 +130,6 @@ return !img || (img.complete && img.naturalWidth > 0);
 """
 
 
-class LoginRequired(Exception):
-    """The site wants a login and nobody scanned the code in time."""
-
-
 class QrLogin:
     """Drives the login wall of a profile. All methods run with the session lock held."""
 
