@@ -414,20 +414,3 @@ class QrLogin:
                 return "cookies_restored"
             time.sleep(self.poll_s)
         return "timeout"
-
-    # ---- a check only a person can pass -------------------------------------------------
-    def wait_for_human(self, deadline: float, still_blocked: Callable[[], bool]) -> Literal["passed", "timeout"]:
-        """Publishes ``needs_human`` with a screenshot of the page (shown like a QR code) and
-        waits, without reloading, until the check is gone or the profile's ``human_wait_s``
-        or ``deadline`` passes."""
-        png = self.session.driver.get_screenshot_as_png()
-        self.publisher.publish("needs_human", "the site shows a slider check: a person must pass "
-                               "it in this rank's browser", qr_png=png)
-        limit = min(deadline, time.time() + self.profile.interstitial.human_wait_s)
-        while time.time() < limit:
-            time.sleep(self.poll_s)
-            if not still_blocked():
-                log.info("the slider check is gone")
-                self.publisher.publish("logged_in", "", drop_qr=True)
-                return "passed"
-        return "timeout"

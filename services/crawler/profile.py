@@ -38,6 +38,13 @@ class SearchSection(_Section):
     paging: str = Field("url", pattern="^(url|click)$")
     page_size: int = Field(44, ge=1)
     max_pages: int = Field(3, ge=1)
+    # The results page must be for the query asked: this parameter of its address holds the
+    # query (empty: not checked). Else the page counts as wrong_query and the search is typed
+    # again once.
+    query_param: str = ""
+    # How long to wait for the search box after the home page loaded (pages load eagerly
+    # and draw the box later).
+    box_timeout_s: float = Field(10.0, ge=0)
 
 
 class UrlRewrite(_Section):
@@ -109,7 +116,10 @@ class LoginSection(_Section):
 
 
 class InterstitialSection(_Section):
-    # Selectors count only when the element is visible (pages carry hidden captcha markup).
+    # A page that passes by itself after a pause: backed off, then reloaded. Selectors count
+    # only when the element is visible (pages carry hidden captcha markup). Title words count
+    # only on a page that settled without results, and never when the title holds the query
+    # (a search for 安全帽 is titled with it).
     selector: str = ""
     title_contains: list[str] = []
     url_contains: list[str] = []
@@ -119,6 +129,9 @@ class InterstitialSection(_Section):
     # A check only a person can pass (a slider): not backed off, but shown to the operator
     # (login state "needs_human" with a screenshot) and waited for up to human_wait_s.
     human_selector: str = ""
+    # The same check recognised by the address (a top-level punish page) or the page title.
+    human_url_contains: list[str] = []
+    human_title_contains: list[str] = []
     human_wait_s: float = Field(300.0, ge=0)
 
 
@@ -129,10 +142,17 @@ class SoftPrompt(_Section):
     name: str
     # The prompt is there when an element matching this is visible...
     selector: str
-    # ...and its text contains this (empty: any text).
-    text_contains: str = ""
-    # What to click (empty: the matched element itself).
+    # ...and its text contains one of these (empty: any text; a single string is taken too).
+    text_contains: list[str] = []
+    # What to click, looked for inside the prompt first (empty: the matched element itself).
     click: str = ""
+
+    @field_validator("text_contains", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [value] if value else []
+        return value
 
 
 class PolitenessSection(_Section):

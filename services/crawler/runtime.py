@@ -20,6 +20,7 @@ from services.crawler.cookies import CookieStore
 from services.crawler.download import ImageDownloader
 from services.crawler.keeper import SessionKeeper
 from services.crawler.login import LoginStatePublisher, QrLogin
+from services.crawler.operator_relay import OperatorRelay
 from services.crawler.pictures import PictureFetcher
 from services.crawler.pipeline import CrawlPipeline
 from services.crawler.politeness import Politeness
@@ -69,7 +70,10 @@ class CrawlerRuntime:
             settings.jitter_s if settings.jitter_s is not None else politeness.jitter_s,
             self.profile.interstitial.backoff_s, self.profile.interstitial.backoff_factor,
         )
-        self.search = SiteSearch(self.session, self.profile, self.politeness, self.login)
+        self.operator = OperatorRelay(self.redis, self.rank, self.session, self.login_state)
+        self.search = SiteSearch(
+            self.session, self.profile, self.politeness, self.login, self.operator,
+            count=lambda event: self.redis.hincrby(redis_keys.crawler_stats(self.rank), event, 1))
         self.downloader = ImageDownloader(
             timeout_s=settings.download_timeout_s, max_bytes=settings.max_image_bytes,
             attempts=settings.download_attempts, backoff_s=settings.download_backoff_s,

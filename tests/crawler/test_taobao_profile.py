@@ -1,7 +1,9 @@
 """The bundled ``taobao`` profile end to end against the shop's Taobao-like skin, with real
 Chromium (headed under Xvfb, as the profile asks), Redis and Celery: QR login on a canvas,
 search through the home page's box into a new tab, async cards, paging by button, thumbnails
-rewritten to originals, and every interstitial (soft prompts, the slider, the page cap)."""
+rewritten to originals, typed input checked against the results page, and the soft prompts.
+The slider reaching the operator, who passes it through control, is in
+tests/control/test_operator_e2e.py."""
 from __future__ import annotations
 
 import io
@@ -18,6 +20,7 @@ import zxingcpp
 from PIL import Image
 
 from services.crawler.profile import PROFILES_DIR
+from shared import redis_keys
 from shared.image_validation import check_prepared
 from tests.fixtures_crawler import CrawlClient, CrawlerWorker, log_in
 from tests.fixtures_shop import REPO_ROOT, ShopServer
@@ -61,9 +64,6 @@ class Skin:
 
     def reset(self) -> None:
         httpx.delete(self.shop.url("/_test/taobao")).raise_for_status()
-
-    def solve_slider(self) -> int:
-        return httpx.post(self.shop.url("/_test/taobao/solve-all")).json()["solved"]
 
 
 @pytest.fixture()
@@ -114,12 +114,23 @@ def test_taobao_profile_against_the_skin(crawler_workers, crawl_client, shop, sk
     assert shop.count("tb_home") == 1            # typed into the home page's box...
     assert shop.count("tb_search") == 1          # ...one search page (opened in a new tab)...
     assert shop.count("tb_result_page") == 2     # ...and a second page by the button
+    # Typed with key events: the box (which ignores a value set by script) searched the query,
+    # not its placeholder hot word; no direct search URL, so no slider.
+    assert shop.count("tb_search_query:红色 T恤") == 1
+    assert shop.count("tb_direct_search") == 0 and shop.count("tb_punish") == 0
+    assert crawl_client.redis.hget(redis_keys.crawler_stats(0), "wrong_query") is None
 
-    # "访问太频繁": closed, and the cards behind it read.
+    # "访问太频繁": closed, and the cards behind it read; the same for the other wordings
+    # of the dialog and a 关闭 button instead of its ×.
     skin.set(busy_dialog=1)
     result = crawl(crawl_client, "蓝色 杯子", 3, "tb2")
     assert result.status == "ok", result.missing
     assert skin.set()["busy_dialog"] == 0
+    for text, close in (("操作太频繁", "button"), ("请求过于频繁", "x")):
+        skin.set(busy_dialog=1, busy_text=text, busy_close=close)
+        result = crawl(crawl_client, "蓝色 杯子", 3, f"tb2-{text}")
+        assert result.status == "ok", (text, result.missing)
+    assert shop.count("tb_busy_dialog") == 3 and shop.count("tb_punish") == 0
 
     # One-click re-login ("快速进入") on the login page: clicked, no QR code asked for.
     tokens = len(shop.tokens())
@@ -133,26 +144,6 @@ def test_taobao_profile_against_the_skin(crawler_workers, crawl_client, shop, sk
     result = crawl(crawl_client, "白色 衬衫", 3, "tb4")
     assert result.status == "ok", result.missing
     skin.set(detect_webdriver=False)
-
-    # The slider: shown to the operator as needs_human with a screenshot, not backed off;
-    # once a person passed it the search goes on.
-    before = shop.count("tb_result_page")
-    skin.set(punish=1)
-    request = crawl_client.submit("绿色 裙子", n_images=3, job_id="tb5", rank=0, deadline_s=90)
-    waiting = crawl_client.wait_login_state(0, {"needs_human"}, timeout=60)
-    assert "slider" in waiting.detail
-    screenshot = Image.open(io.BytesIO(crawl_client.qr_png(0)))
-    assert screenshot.format == "PNG" and screenshot.width > 300
-    pages_while_waiting = shop.count("tb_result_page")
-    time.sleep(1.5)
-    assert crawl_client.login_state(0).state == "needs_human"   # still waiting, not reloading
-    assert shop.count("tb_result_page") == pages_while_waiting  # no page asked for meanwhile
-    assert skin.solve_slider() == 1
-    result, = crawl_client.wait_results(request.reply_stream, 1, timeout=90)
-    assert result.status == "ok", result.missing
-    assert shop.count("tb_result_page") > before
-    assert crawl_client.login_state(0).state == "logged_in"
-    assert crawl_client.qr_png(0) is None
 
 
 def test_iframe_login_with_expiry_inside_the_frame(crawl_client, redis_url, tmp_path):
@@ -218,8 +209,8 @@ def test_check_profile_against_a_live_page(shop, skin):
     selectors = report["selectors"]
     assert selectors["login.wall_selector"]["visible"] == 1
     # The hidden captcha of the password view is there, and not visible.
-    assert selectors["interstitial.selector"]["matches"] >= 1
-    assert selectors["interstitial.selector"]["visible"] == 0
+    assert selectors["interstitial.human_selector"]["matches"] >= 1
+    assert selectors["interstitial.human_selector"]["visible"] == 0
     assert selectors["results.item"]["matches"] == 0
 
     bad = subprocess.run([sys.executable, "-m", "services.crawler", "check-profile", "taobao",
