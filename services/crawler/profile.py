@@ -107,6 +107,9 @@ class LoginSection(_Section):
     # Cookies that only a logged-in session has: when given, leaving the login page counts as
     # a login only once one of them is set (a guest also gets the site's other cookies).
     logged_in_cookies: list[str] = []
+    # Cookies naming the logged-in account (the first one set wins): the page budget is the
+    # account's, shared by every rank logged in as it. None set: the rank's own budget.
+    account_cookies: list[str] = []
     # How long to wait for the QR code to be drawn (a <canvas> stays blank for a moment).
     qr_render_timeout_s: float = Field(5.0, ge=0)
     # A page that shows the login wall when logged out (probed when a worker starts).
@@ -161,11 +164,19 @@ class PolitenessSection(_Section):
 
 
 class PaceSection(_Section):
-    """Caps on result pages per browser session (0: no cap) and a pause between searches."""
+    """An account's budget of result pages (services/crawler/budget.py), shared by every rank
+    logged in as it and kept in Redis: caps per hour and per day (0: no cap), the least gap
+    between two pages (spread out, not in bursts), a pause between a rank's searches, and
+    cooldowns of the account after the site challenged it."""
 
     max_pages_per_hour: int = Field(0, ge=0)
     max_pages_per_day: int = Field(0, ge=0)
+    min_page_gap_s: float = Field(0.0, ge=0)
     search_cooldown_s: float = Field(0.0, ge=0)
+    # After a check the operator passed, after one nobody passed in time, after an interstitial.
+    cooldown_after_challenge_s: float = Field(0.0, ge=0)
+    cooldown_after_human_timeout_s: float = Field(0.0, ge=0)
+    cooldown_after_interstitial_s: float = Field(0.0, ge=0)
 
 
 class BrowserSection(_Section):

@@ -16,6 +16,7 @@ import redis
 
 from services.crawler import ranks
 from services.crawler.browser import BrowserSession
+from services.crawler.budget import AccountBudget, account_name
 from services.crawler.cookies import CookieStore
 from services.crawler.download import ImageDownloader
 from services.crawler.keeper import SessionKeeper
@@ -71,8 +72,16 @@ class CrawlerRuntime:
             self.profile.interstitial.backoff_s, self.profile.interstitial.backoff_factor,
         )
         self.operator = OperatorRelay(self.redis, self.rank, self.session, self.login_state)
+        pace = self.profile.pace
+        own_name = f"{self.profile.name}-rank{self.rank}"
+        self.budget = AccountBudget(
+            self.redis,
+            lambda: account_name(self.session.all_cookies(), self.profile.login.account_cookies,
+                                 own_name),
+            pace.max_pages_per_hour, pace.max_pages_per_day, pace.min_page_gap_s,
+            pace.search_cooldown_s)
         self.search = SiteSearch(
-            self.session, self.profile, self.politeness, self.login, self.operator,
+            self.session, self.profile, self.politeness, self.login, self.operator, self.budget,
             count=lambda event: self.redis.hincrby(redis_keys.crawler_stats(self.rank), event, 1))
         self.downloader = ImageDownloader(
             timeout_s=settings.download_timeout_s, max_bytes=settings.max_image_bytes,

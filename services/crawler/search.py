@@ -1,7 +1,7 @@
 """From a query to image URLs on the site's result pages, as the site profile describes them.
 
-Each page load is paced by :class:`~services.crawler.politeness.Politeness` and counted
-against the profile's page caps (:class:`~services.crawler.pace.PageBudget`); soft prompts are
+Each page load is paced by :class:`~services.crawler.politeness.Politeness` and reserved in
+the account's budget (:class:`~services.crawler.budget.AccountBudget`); soft prompts are
 closed; a login wall hands over to :class:`~services.crawler.login.QrLogin`; a check only a
 person can pass goes to the operator; an interstitial backs off (never past the request's
 deadline) and retries. The search box is typed into with key events and submitted with a
@@ -23,11 +23,11 @@ from selenium.common.exceptions import TimeoutException, WebDriverException
 
 from services.crawler import human_input
 from services.crawler.browser import BrowserSession, is_session_lost
+from services.crawler.budget import AccountBudget
 from services.crawler.human_input import HumanInput
 from services.crawler.login import QrLogin
 from services.crawler.operator_relay import OperatorRelay
 from services.crawler.page_kind import CLASSIFY_JS, classify_args
-from services.crawler.pace import PageBudget
 from services.crawler.politeness import Politeness
 from services.crawler.profile import SiteProfile
 from shared.query import normalize_query
@@ -120,6 +120,7 @@ class SiteSearch:
         politeness: Politeness,
         login: QrLogin,
         operator: OperatorRelay,
+        budget: AccountBudget,
         count: Callable[[str], None] = lambda event: None,
     ):
         self.session = session
@@ -130,17 +131,29 @@ class SiteSearch:
         # Counts an event in the rank's statistics (e.g. wrong_query).
         self.count = count
         self._input: tuple[Any, HumanInput | None] | None = None
-        pace = profile.pace
-        self.budget = PageBudget(pace.max_pages_per_hour, pace.max_pages_per_day,
-                                 pace.search_cooldown_s)
+        self.budget = budget
+        # Set when the site challenged this search: the account cools down after it.
+        self._challenged: str | None = None
         self.pages_loaded = 0
 
     def collect(self, query: str, want: int, deadline: float) -> SearchOutcome:
         """Up to ``want`` distinct image URLs for ``query`` (a normalised query)."""
-        outcome = SearchOutcome()
-        seen: set[str] = set()
         self._wait_for_pace(self.budget.search_delay(), deadline, "the pause between searches")
         self.budget.record_search()
+        self._challenged = None
+        try:
+            return self._collect(query, want, deadline)
+        finally:
+            if self._challenged is not None:
+                pace = self.profile.pace
+                seconds = {"a check the operator passed": pace.cooldown_after_challenge_s,
+                           "a check nobody passed in time": pace.cooldown_after_human_timeout_s,
+                           "an interstitial": pace.cooldown_after_interstitial_s}[self._challenged]
+                self.budget.cool_down(seconds, self._challenged)
+
+    def _collect(self, query: str, want: int, deadline: float) -> SearchOutcome:
+        outcome = SearchOutcome()
+        seen: set[str] = set()
         for page_index in range(self.profile.search.max_pages):
             kind = self._open(query, page_index, deadline)
             outcome.pages += 1
@@ -180,8 +193,8 @@ class SiteSearch:
         if delay <= 0:
             return
         if time.time() + delay > deadline:
-            raise SearchFailed(f"{what} ({self.budget.describe() or 'cooldown'}) leaves no time "
-                               f"before the deadline: next page in {delay:.0f}s")
+            raise SearchFailed(f"{what} leaves no time before the deadline: next page in "
+                               f"{delay:.0f}s")
         log.info("waiting %.1fs for %s", delay, what)
         time.sleep(delay)
 
@@ -208,9 +221,10 @@ class SiteSearch:
         while True:
             if time.time() > deadline:
                 raise SearchFailed("deadline passed while searching")
-            self._wait_for_pace(self.budget.page_delay(), deadline, "the page cap")
+            while (delay := self.budget.reserve_page()) > 0:
+                self._wait_for_pace(delay, deadline,
+                                    f"the account's page budget ({self.budget.last_reason})")
             self.politeness.wait()
-            self.budget.record_page()
             kind, detail = self._load(query, page_index)
             if kind == "human":
                 outcome = self.operator.wait(
@@ -218,12 +232,15 @@ class SiteSearch:
                     lambda: self._classify(settle=False)[0] == "human",
                     self.profile.interstitial.human_selector)
                 if outcome == "timeout":
+                    self._challenged = "a check nobody passed in time"
                     raise SearchFailed("the site shows a check only a person can pass (a slider); "
                                        "the operator was asked on the login page")
+                self._challenged = self._challenged or "a check the operator passed"
                 # Solved: the same page again (a click-paged search starts over).
                 page_index = page_index if self.profile.search.paging == "url" else 0
                 continue
             if kind == "interstitial":
+                self._challenged = self._challenged or "an interstitial"
                 if interstitials >= self.profile.interstitial.max_retries:
                     raise SearchFailed(
                         "the site shows a 'verify you are human' page (interstitial) after "

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import io
 import re
 import secrets
@@ -377,7 +378,9 @@ def add_taobao_skin(app: FastAPI, shop: Any) -> None:
         response.set_cookie(settings.session_cookie, session.session_id, max_age=age, path="/",
                             httponly=True, samesite="lax")
         # What only a logged-in visitor gets (the crawler's sign of a login).
-        response.set_cookie("unb", str(10**9 + secrets.randbelow(10**9)), max_age=age, path="/")
+        # The account's number: the same at every login of the account.
+        number = 10**9 + int.from_bytes(hashlib.sha256(session.nick.encode()).digest()[:4], "big")
+        response.set_cookie("unb", str(number), max_age=age, path="/")
         response.set_cookie("_nk_", quote(session.nick), max_age=age, path="/")
         response.set_cookie("tracknick", quote(session.nick), max_age=age, path="/")
         return response

@@ -39,10 +39,12 @@ def decode_qr(png: bytes) -> str:
 
 
 def taobao_profile(tmp_path: Path, **pace: str) -> str:
-    """The bundled taobao profile, with its [pace] (hours-long caps and a 20 s pause between
-    searches) replaced for a test; everything else is the bundled text."""
+    """The bundled taobao profile, with its [pace] (hours-long caps, minutes between pages,
+    cooldowns) replaced for a test; everything else is the bundled text."""
     text = (PROFILES_DIR / "taobao.toml").read_text(encoding="utf-8")
-    values = {"max_pages_per_hour": "0", "max_pages_per_day": "0", "search_cooldown_s": "0", **pace}
+    values = {"max_pages_per_hour": "0", "max_pages_per_day": "0", "search_cooldown_s": "0",
+              "min_page_gap_s": "0", "cooldown_after_challenge_s": "0",
+              "cooldown_after_human_timeout_s": "0", "cooldown_after_interstitial_s": "0", **pace}
     for key, value in values.items():
         text, count = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", text)
         assert count == 1, key
@@ -180,19 +182,29 @@ def test_iframe_login_with_expiry_inside_the_frame(crawl_client, redis_url, tmp_
     assert leftovers == []
 
 
-def test_page_caps_hold_the_crawler_below_the_site_limit(crawler_workers, crawl_client, shop, skin,
-                                                         tmp_path):
-    # The site shows its slider after 3 result pages; the profile allows 2 an hour.
+def test_the_accounts_budget_holds_below_the_site_limit_and_survives_a_restart(
+        crawler_workers, crawl_client, shop, skin, tmp_path):
+    # The site shows its slider after 3 result pages; the profile allows the account 2 an hour.
     skin.set(page_cap=3, card_delay_ms=100)
-    crawler_workers(rank=0, mode="headless", profile=taobao_profile(tmp_path, max_pages_per_hour="2"),
-                    env=FAST)
+    profile = taobao_profile(tmp_path, max_pages_per_hour="2")
+    worker = crawler_workers(rank=0, mode="headless", profile=profile, env=FAST)
     log_in(crawl_client, shop, 0)
     assert crawl(crawl_client, "红色 T恤", 3, "cap1").status == "ok"
     assert crawl(crawl_client, "蓝色 杯子", 3, "cap2").status == "ok"
     capped = crawl(crawl_client, "黑色 帽子", 3, "cap3", timeout=30)
     assert capped.status == "failed"
-    assert "2 pages per 1 h" in capped.missing[0].reason
+    assert "the account's page budget (2 pages per 1 h)" in capped.missing[0].reason
+    assert "leaves no time before the deadline" in capped.missing[0].reason
+    # A restarted worker (same account, saved cookies) finds the count where it was.
+    assert worker.stop() == []
+    crawler_workers(rank=0, mode="headless", profile=profile, env=FAST, workdir=worker.workdir)
+    crawl_client.wait_login_state(0, {"logged_in"}, timeout=60)
+    again = crawl(crawl_client, "白色 衬衫", 3, "cap4", timeout=30)
+    assert again.status == "failed" and "2 pages per 1 h" in again.missing[0].reason
     assert shop.count("tb_punish") == 0          # the site's limit was never reached
+    assert shop.count("tb_result_page") == 2
+    accounts = [k for k in crawl_client.redis.scan_iter(match="*crawler:account:*:pages")]
+    assert len(accounts) == 1 and crawl_client.redis.zcard(accounts[0]) == 2
 
 
 def test_check_profile_against_a_live_page(shop, skin):
