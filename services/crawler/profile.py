@@ -116,6 +116,9 @@ class LoginSection(_Section):
     check_url: str = ""
     # A QR is re-taken at least this often even if nothing signals expiry.
     qr_max_age_s: float = Field(240.0, gt=0)
+    # While nobody has /login open, at most this many new codes in a row (with growing
+    # pauses); then none until someone opens /login.
+    idle_qr_refreshes: int = Field(3, ge=0)
 
 
 class InterstitialSection(_Section):
