@@ -48,8 +48,13 @@ def test_the_operator_drags_the_slider_through_the_control_page(
     assert "slider" in waiting.detail and "/login" in waiting.detail
     pages_while_waiting = shop.count("tb_result_page")
 
-    sign_in(browser, control, "/login")
+    # /status's crawler pool says the rank needs you, and links to its live view.
+    sign_in(browser, control, "/status")
     wait = WebDriverWait(browser, 60, poll_frequency=0.1)
+    row = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#crawler-table tr[data-rank='0']"))[0]
+    wait.until(lambda d: "needs you" in row.text)
+    assert "pass its check" in row.text
+    browser.get(control.base_url + "/login")
     view = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#needs-you-0 .live-view"))[0]
     assert "needs you" in browser.find_element(By.CSS_SELECTOR, "#needs-you-0 h2").text
     # A live view: frames keep coming, a few a second, cut to the check's region.
