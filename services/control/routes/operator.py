@@ -68,7 +68,8 @@ async def live_frame(rank: Rank, state: ControlState = Depends(get_state)) -> Re
 
 
 @router.post("/api/operator/{rank}/input", summary="Relay the operator's pointer and keys",
-             responses={404: {"description": "No live view"},
+             responses={400: {"description": "The body is not JSON"},
+                        404: {"description": "No live view"},
                         409: {"description": "The check these events were meant for is over"}})
 async def relay_input(rank: Rank, batch: OperatorInputBatch,
                       state: ControlState = Depends(get_state)) -> dict[str, int]:
