@@ -88,6 +88,43 @@ class LoginState(BaseModel):
         return cls.model_validate(decoded)
 
 
+# ------------------------------------------------------------------------ the operator's hands
+OperatorInputKind = Literal["mousePressed", "mouseMoved", "mouseReleased", "wheel", "key", "text"]
+
+
+class LiveFrame(BaseModel):
+    """What goes with a live view's picture: which challenge it shows (input for another one
+    is dropped), the page's viewport in CSS pixels (the picture's size) and the challenge's
+    region in it, shown first."""
+
+    challenge: str
+    seq: int = 0
+    width: int
+    height: int
+    region: tuple[int, int, int, int] = Field(description="x, y, width, height of the check")
+    url: str = ""
+    taken_at: float = Field(default_factory=time.time)
+
+
+class OperatorInput(BaseModel):
+    """One event of the operator's pointer or keyboard, in viewport CSS pixels of the page."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: OperatorInputKind
+    x: float = Field(0.0, ge=0, le=20_000)
+    y: float = Field(0.0, ge=0, le=20_000)
+    delta_y: float = Field(0.0, ge=-20_000, le=20_000)
+    # A named key (Enter, Backspace, Tab, Escape, arrows...) or one letter or digit.
+    key: str = Field("", max_length=16)
+    text: str = Field("", max_length=200)
+
+
+class OperatorInputBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    challenge: str = Field(min_length=1, max_length=64)
+    events: list[OperatorInput] = Field(min_length=1, max_length=200)
+
+
 # ------------------------------------------------------------------------------ job events
 # One model per event type is the one definition of that event's fields: producers are checked
 # against it (``JobEvent.checked``) and consumers read its attributes. Every field may be absent

@@ -40,6 +40,36 @@ def crawler_stats(rank: int) -> str:
     return f"{PREFIX}:crawler:{rank}:stats"
 
 
+def crawler_live(rank: int) -> str:
+    """Hash, short TTL, deleted when the check is passed or given up: the live view of a rank
+    whose page needs a person (fields ``jpeg``, ``meta``: a LiveFrame as JSON)."""
+    return f"{PREFIX}:crawler:{rank}:live"
+
+
+def crawler_operator_input(rank: int) -> str:
+    """List of OperatorInput JSON, short TTL: the operator's pointer and keys for the rank's
+    browser, pushed by control and dispatched by the crawler in order."""
+    return f"{PREFIX}:crawler:{rank}:operator-input"
+
+
+def crawler_login_watched() -> str:
+    """String with a TTL: set while someone has /login open (an idle rank refreshes its QR
+    code only then, once its own refreshes are spent)."""
+    return f"{PREFIX}:crawler:login-watched"
+
+
+def crawler_account_pages(account: str) -> str:
+    """Sorted set: one member per result page an account loaded, scored by its unix time
+    (shared by every rank logged in as that account; kept a day)."""
+    return f"{PREFIX}:crawler:account:{account}:pages"
+
+
+def crawler_account_cooldown(account: str) -> str:
+    """String: unix time until which the account loads no page (after a challenge), with the
+    reason; expires with it."""
+    return f"{PREFIX}:crawler:account:{account}:cooldown"
+
+
 def crawl_done(request_id: str) -> str:
     """String set once a request's result was pushed: makes duplicate deliveries no-ops."""
     return f"{PREFIX}:crawl:done:{request_id}"

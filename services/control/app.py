@@ -19,7 +19,7 @@ from services.control.docs import add_docs
 from services.control.headers import SecurityHeadersMiddleware
 from services.control.limits import BodySizeLimitMiddleware
 from services.control.metrics import LatencyMiddleware
-from services.control.routes import jobs, login, pages, results, search, status
+from services.control.routes import jobs, login, operator, pages, results, search, status
 from services.control.security import COMMON_RESPONSES, bearer
 from services.control.settings import ControlSettings
 from services.control.state import ControlState, get_state
@@ -64,6 +64,7 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
     app.include_router(pages.router)
     app.include_router(jobs.router)
     app.include_router(login.router)
+    app.include_router(operator.router)
     app.include_router(status.router)
     app.include_router(search.router)
     app.include_router(results.router)

@@ -130,10 +130,6 @@ return !img || (img.complete && img.naturalWidth > 0);
 """
 
 
-class LoginRequired(Exception):
-    """The site wants a login and nobody scanned the code in time."""
-
-
 class QrLogin:
     """Drives the login wall of a profile. All methods run with the session lock held."""
 
@@ -152,6 +148,8 @@ class QrLogin:
         self.poll_s = poll_s
         self._qr_source: str | None = None
         self._qr_taken_at = 0.0
+        # New codes taken in a row while nobody had /login open.
+        self._idle_refreshes = 0
         self._qr_missing_since: float | None = None
         self._cookies_loaded_mtime: float | None = None
 
@@ -378,12 +376,15 @@ class QrLogin:
             # Off the login page without the login's cookies: a page in between.
             return "waiting_for_scan"
         if self._qr_is_expired():
-            self._refresh_qr()
+            if self._may_refresh():
+                self._refresh_qr()
             return "waiting_for_scan"
         with self._in_login_frame():
             element = self._qr_element()
             source = self._qr_fingerprint(element) if element is not None else None
         too_old = time.monotonic() - self._qr_taken_at > self.profile.login.qr_max_age_s
+        if too_old and not self._may_refresh():
+            return "waiting_for_scan"
         if too_old:
             self.session.driver.refresh()
             self.publish_qr()
@@ -398,7 +399,28 @@ class QrLogin:
             self._qr_missing_since = None
         return "waiting_for_scan"
 
+    def _may_refresh(self) -> bool:
+        """Whether to take a new code now. Always while someone has /login open; unwatched, a
+        few times with growing pauses (the k-th after ``qr_max_age_s * (2**k - 1)``), then not
+        until someone opens /login: a site sees an idle browser reload its login forever."""
+        login = self.profile.login
+        if self.publisher.client.exists(redis_keys.crawler_login_watched()):
+            self._idle_refreshes = 0
+            return True
+        if self._idle_refreshes >= login.idle_qr_refreshes:
+            current = self.publisher.current
+            if current is None or current.state != "expired":
+                self.publisher.publish("expired", "the QR code is no longer refreshed while "
+                                       "nobody watches: open /login for a new one", drop_qr=True)
+            return False
+        pause = login.qr_max_age_s * (2 ** self._idle_refreshes - 1)
+        if time.monotonic() - self._qr_taken_at < pause:
+            return False
+        self._idle_refreshes += 1
+        return True
+
     def logged_in(self) -> None:
+        self._idle_refreshes = 0
         self.save_cookies()
         self.publisher.publish("logged_in", "", drop_qr=True)
         self._qr_source = None
@@ -417,21 +439,4 @@ class QrLogin:
             if self.newer_cookies_available() and self.restore_cookies():
                 return "cookies_restored"
             time.sleep(self.poll_s)
-        return "timeout"
-
-    # ---- a check only a person can pass -------------------------------------------------
-    def wait_for_human(self, deadline: float, still_blocked: Callable[[], bool]) -> Literal["passed", "timeout"]:
-        """Publishes ``needs_human`` with a screenshot of the page (shown like a QR code) and
-        waits, without reloading, until the check is gone or the profile's ``human_wait_s``
-        or ``deadline`` passes."""
-        png = self.session.driver.get_screenshot_as_png()
-        self.publisher.publish("needs_human", "the site shows a slider check: a person must pass "
-                               "it in this rank's browser", qr_png=png)
-        limit = min(deadline, time.time() + self.profile.interstitial.human_wait_s)
-        while time.time() < limit:
-            time.sleep(self.poll_s)
-            if not still_blocked():
-                log.info("the slider check is gone")
-                self.publisher.publish("logged_in", "", drop_qr=True)
-                return "passed"
         return "timeout"

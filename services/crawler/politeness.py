@@ -48,9 +48,13 @@ class Politeness:
         self._last = self._clock()
         return delay
 
-    def interstitial_backoff(self) -> float:
-        """Pause after the site showed an interstitial; each one in a row doubles the pause."""
+    def interstitial_backoff(self, limit_s: float | None = None) -> float | None:
+        """Pause after the site showed an interstitial; each one in a row doubles the pause.
+        None, without waiting, when the pause would be longer than ``limit_s`` (the time left
+        before a request's deadline)."""
         pause = self.backoff_s * (self.backoff_factor ** self._strikes)
+        if limit_s is not None and pause > limit_s:
+            return None
         self._strikes += 1
         if pause > 0:
             self._sleep(pause)

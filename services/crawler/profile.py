@@ -38,6 +38,13 @@ class SearchSection(_Section):
     paging: str = Field("url", pattern="^(url|click)$")
     page_size: int = Field(44, ge=1)
     max_pages: int = Field(3, ge=1)
+    # The results page must be for the query asked: this parameter of its address holds the
+    # query (empty: not checked). Else the page counts as wrong_query and the search is typed
+    # again once.
+    query_param: str = ""
+    # How long to wait for the search box after the home page loaded (pages load eagerly
+    # and draw the box later).
+    box_timeout_s: float = Field(10.0, ge=0)
 
 
 class UrlRewrite(_Section):
@@ -100,16 +107,25 @@ class LoginSection(_Section):
     # Cookies that only a logged-in session has: when given, leaving the login page counts as
     # a login only once one of them is set (a guest also gets the site's other cookies).
     logged_in_cookies: list[str] = []
+    # Cookies naming the logged-in account (the first one set wins): the page budget is the
+    # account's, shared by every rank logged in as it. None set: the rank's own budget.
+    account_cookies: list[str] = []
     # How long to wait for the QR code to be drawn (a <canvas> stays blank for a moment).
     qr_render_timeout_s: float = Field(5.0, ge=0)
     # A page that shows the login wall when logged out (probed when a worker starts).
     check_url: str = ""
     # A QR is re-taken at least this often even if nothing signals expiry.
     qr_max_age_s: float = Field(240.0, gt=0)
+    # While nobody has /login open, at most this many new codes in a row (with growing
+    # pauses); then none until someone opens /login.
+    idle_qr_refreshes: int = Field(3, ge=0)
 
 
 class InterstitialSection(_Section):
-    # Selectors count only when the element is visible (pages carry hidden captcha markup).
+    # A page that passes by itself after a pause: backed off, then reloaded. Selectors count
+    # only when the element is visible (pages carry hidden captcha markup). Title words count
+    # only on a page that settled without results, and never when the title holds the query
+    # (a search for 安全帽 is titled with it).
     selector: str = ""
     title_contains: list[str] = []
     url_contains: list[str] = []
@@ -119,6 +135,9 @@ class InterstitialSection(_Section):
     # A check only a person can pass (a slider): not backed off, but shown to the operator
     # (login state "needs_human" with a screenshot) and waited for up to human_wait_s.
     human_selector: str = ""
+    # The same check recognised by the address (a top-level punish page) or the page title.
+    human_url_contains: list[str] = []
+    human_title_contains: list[str] = []
     human_wait_s: float = Field(300.0, ge=0)
 
 
@@ -129,10 +148,17 @@ class SoftPrompt(_Section):
     name: str
     # The prompt is there when an element matching this is visible...
     selector: str
-    # ...and its text contains this (empty: any text).
-    text_contains: str = ""
-    # What to click (empty: the matched element itself).
+    # ...and its text contains one of these (empty: any text; a single string is taken too).
+    text_contains: list[str] = []
+    # What to click, looked for inside the prompt first (empty: the matched element itself).
     click: str = ""
+
+    @field_validator("text_contains", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [value] if value else []
+        return value
 
 
 class PolitenessSection(_Section):
@@ -141,11 +167,19 @@ class PolitenessSection(_Section):
 
 
 class PaceSection(_Section):
-    """Caps on result pages per browser session (0: no cap) and a pause between searches."""
+    """An account's budget of result pages (services/crawler/budget.py), shared by every rank
+    logged in as it and kept in Redis: caps per hour and per day (0: no cap), the least gap
+    between two pages (spread out, not in bursts), a pause between a rank's searches, and
+    cooldowns of the account after the site challenged it."""
 
     max_pages_per_hour: int = Field(0, ge=0)
     max_pages_per_day: int = Field(0, ge=0)
+    min_page_gap_s: float = Field(0.0, ge=0)
     search_cooldown_s: float = Field(0.0, ge=0)
+    # After a check the operator passed, after one nobody passed in time, after an interstitial.
+    cooldown_after_challenge_s: float = Field(0.0, ge=0)
+    cooldown_after_human_timeout_s: float = Field(0.0, ge=0)
+    cooldown_after_interstitial_s: float = Field(0.0, ge=0)
 
 
 class BrowserSection(_Section):

@@ -11,8 +11,8 @@ import time
 from typing import Any
 
 from services.crawler.browser import BrowserSession
+from services.crawler.page_kind import CLASSIFY_JS, classify_args
 from services.crawler.profile import SiteProfile
-from services.crawler.search import _CLASSIFY_JS
 from services.crawler.settings import CrawlerSettings
 
 # (report name, where the selector lives in the profile)
@@ -49,7 +49,7 @@ const out = {};
 for (const [name, sel, text] of selectors) {
   try {
     const found = Array.from(document.querySelectorAll(sel))
-      .filter(el => !text || (el.innerText || '').includes(text));
+      .filter(el => !text || !text.length || [].concat(text).some(t => (el.innerText || '').includes(t)));
     out[name] = {matches: found.length, visible: found.filter(visible).length};
   } catch (e) { out[name] = {error: String(e.message || e)}; }
 }
@@ -112,12 +112,9 @@ def check_against(profile: SiteProfile, url: str, settings: CrawlerSettings,
 
 
 def _page_kind(driver: Any, profile: SiteProfile) -> str:
-    kind = driver.execute_script(
-        _CLASSIFY_JS, profile.results.ready, profile.interstitial.selector,
-        profile.interstitial.title_contains, profile.interstitial.url_contains,
-        profile.login.wall_url_contains, profile.login.wall_selector, profile.results.empty,
-        profile.results.item, profile.interstitial.human_selector,
-        [[p.selector, p.text_contains] for p in profile.soft_prompts])
+    kind = driver.execute_script(CLASSIFY_JS, *classify_args(profile))
     if isinstance(kind, str) and kind.startswith("prompt:"):
         return f"soft prompt {profile.soft_prompts[int(kind.split(':')[1])].name!r}"
+    if kind == "settled:title":
+        return "interstitial"
     return "unknown" if kind in (None, "settled") else kind

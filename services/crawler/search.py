@@ -1,90 +1,60 @@
 """From a query to image URLs on the site's result pages, as the site profile describes them.
 
-Each page load is paced by :class:`~services.crawler.politeness.Politeness` and counted
-against the profile's page caps (:class:`~services.crawler.pace.PageBudget`); soft prompts are
-clicked away; a login wall hands over to :class:`~services.crawler.login.QrLogin`; a slider
-only a person can pass is shown to the operator; an interstitial backs off and retries; lazy
-images are scrolled into view until their URL attribute is filled in; further pages are
-opened (by URL or by the page's "next" button) while fewer URLs than wanted were found.
+Each page load is paced by :class:`~services.crawler.politeness.Politeness` and reserved in
+the account's budget (:class:`~services.crawler.budget.AccountBudget`); soft prompts are
+closed; a login wall hands over to :class:`~services.crawler.login.QrLogin`; a check only a
+person can pass goes to the operator; an interstitial backs off (never past the request's
+deadline) and retries. The search box is typed into with key events and submitted with a
+trusted click (:mod:`services.crawler.human_input`); a results page for another query than
+the one asked counts as ``wrong_query`` and the search is typed again once. Cards are brought
+into view with the wheel until their picture has a URL (or a bound is reached); further pages
+are opened by URL or by a trusted click on the page's "next" button.
 """
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
 from selenium.common.exceptions import TimeoutException, WebDriverException
 
+from services.crawler import human_input
 from services.crawler.browser import BrowserSession, is_session_lost
+from services.crawler.budget import AccountBudget
+from services.crawler.human_input import HumanInput
 from services.crawler.login import QrLogin
-from services.crawler.pace import PageBudget
+from services.crawler.operator_relay import OperatorRelay
+from services.crawler.page_kind import CLASSIFY_JS, classify_args
 from services.crawler.politeness import Politeness
 from services.crawler.profile import SiteProfile
+from shared.query import normalize_query
 
 log = logging.getLogger(__name__)
 
 PageKind = Literal["results", "empty", "login", "human", "interstitial", "unknown"]
 _FINAL_KINDS = ("results", "empty", "login", "human", "interstitial")
 
-# Classifies the current page without a round trip per selector. Login, slider and captcha
-# selectors count only when visible: login pages carry hidden captcha markup, and a hidden
-# punish dialog can sit in a normal page. The login wall is checked first, so a redirect to
-# the login page is never taken for a captcha. Items win over title words, so a query
-# containing the interstitial's title word is not mistaken for one. Returns 'prompt:<i>'
-# for a soft prompt to click away, 'settled' when the document is complete but nothing
-# matched yet (results may still be on their way), null while it is still loading.
-_CLASSIFY_JS = """
-const [ready, interSel, titleMarks, urlMarks, wallUrl, wallSel, emptySel, itemSel, humanSel,
-       prompts] = arguments;
-const href = location.href;
-const all = (sel) => { try { return sel ? Array.from(document.querySelectorAll(sel)) : []; } catch (e) { return []; } };
-const visible = (el) => {
-  if (!el.getClientRects().length) return false;
-  const style = getComputedStyle(el);
-  return style.visibility !== 'hidden' && style.display !== 'none' && style.opacity !== '0';
-};
-const shown = (sel) => all(sel).some(visible);
-for (let i = 0; i < prompts.length; i++) {
-  const [sel, text] = prompts[i];
-  if (all(sel).some(el => visible(el) && (!text || (el.innerText || '').includes(text)))) return 'prompt:' + i;
-}
-if (wallUrl.some(m => href.includes(m)) || shown(wallSel)) return 'login';
-if (shown(humanSel)) return 'human';
-if (shown(interSel) || urlMarks.some(m => href.includes(m))) return 'interstitial';
-if (all(itemSel).length) return 'results';
-if (shown(emptySel)) return 'empty';
-if (titleMarks.some(m => document.title.includes(m))) return 'interstitial';
-if (document.readyState === 'complete' || all(ready).length) return 'settled';
-return null;
-"""
-
-# Clicks the soft prompt's target (the first visible one).
-_CLICK_PROMPT_JS = """
-const [sel, text, clickSel] = arguments;
+# The soft prompt's control to click (the first visible one, inside the prompt first).
+_PROMPT_TARGET_JS = """
+const [sel, texts, clickSel] = arguments;
 const visible = (el) => el.getClientRects().length > 0 && getComputedStyle(el).visibility !== 'hidden';
-const found = Array.from(document.querySelectorAll(sel))
-  .find(el => visible(el) && (!text || (el.innerText || '').includes(text)));
-if (!found) return false;
-let target = found;
-if (clickSel) {
-  target = found.querySelector(clickSel) || Array.from(document.querySelectorAll(clickSel)).find(visible);
-}
-if (!target) return false;
-target.click();
-return true;
+const says = (el) => !texts.length || texts.some(t => (el.innerText || '').includes(t));
+const found = Array.from(document.querySelectorAll(sel)).find(el => visible(el) && says(el));
+if (!found) return null;
+if (!clickSel) return found;
+return Array.from(found.querySelectorAll(clickSel)).find(visible)
+  || Array.from(document.querySelectorAll(clickSel)).find(visible) || null;
 """
 
-# Marks the current items, then clicks the next-page control; returns false when there is none.
-_CLICK_NEXT_JS = """
+# Marks the current items and returns the next-page control (null when there is none).
+_NEXT_CONTROL_JS = """
 const [itemSel, nextSel] = arguments;
 document.querySelectorAll(itemSel).forEach(el => { el.__cnclipSeen = true; });
 window.__cnclipPage = (window.__cnclipPage || 0) + 1;
-const next = Array.from(document.querySelectorAll(nextSel)).find(el => !el.disabled);
-if (!next) return false;
-next.scrollIntoView({block: 'center'});
-next.click();
-return true;
+return Array.from(document.querySelectorAll(nextSel)).find(el => !el.disabled) || null;
 """
 
 # True once the click led somewhere: a new document, or items that were not there before.
@@ -94,46 +64,37 @@ if (window.__cnclipPage === undefined) return true;
 return Array.from(document.querySelectorAll(itemSel)).some(el => !el.__cnclipSeen);
 """
 
-# Scrolls the first item whose image has no URL yet into view, waits, and repeats, all inside
-# the page (one WebDriver round trip per page instead of one per scroll step).
-_LAZY_URLS_JS = """
-const [itemSel, imgSel, attrs, markers, want, pauseMs, maxRounds, nextSel, done] = arguments;
-let round = 0;
-function collect() {
-  const items = Array.from(document.querySelectorAll(itemSel));
-  return items.map((item) => {
-    const img = item.querySelector(imgSel);
-    if (!img) return {state: 'noimg', url: null, el: item};
-    for (const a of attrs) {
-      const v = img.getAttribute(a);
-      if (v && !markers.some(m => v.includes(m))) {
-        try { return {state: 'ok', url: new URL(v, document.baseURI).href, el: item}; }
-        catch (e) { return {state: 'bad', url: v, el: item}; }
-      }
+# The items' picture URLs so far, and where the first item still waiting for one is: a card
+# whose <img> has no URL yet, or that has no <img> at all (some render it only in view).
+_COLLECT_JS = """
+const [itemSel, imgSel, attrs, markers, want, nextSel] = arguments;
+const items = Array.from(document.querySelectorAll(itemSel));
+const found = items.map((item) => {
+  const img = item.querySelector(imgSel);
+  if (!img) return {state: 'noimg', url: null};
+  for (const a of attrs) {
+    const v = img.getAttribute(a);
+    if (v && !markers.some(m => v.includes(m))) {
+      try { return {state: 'ok', url: new URL(v, document.baseURI).href}; }
+      catch (e) { return {state: 'bad', url: v}; }
     }
-    return {state: 'pending', url: null, el: item};
-  });
-}
-function step() {
-  const found = collect();
-  let ok = 0, firstPending = -1;
-  for (let i = 0; i < found.length && ok < want; i++) {
-    if (found[i].state === 'ok') ok += 1;
-    else if (found[i].state === 'pending') { firstPending = i; break; }
   }
-  if (firstPending < 0 || round >= maxRounds) {
-    let hasNext = false;
-    try { hasNext = !!(nextSel && document.querySelector(nextSel)); } catch (e) {}
-    done({items: found.map(f => ({state: f.state, url: f.url})), hasNext: hasNext, rounds: round});
-    return;
-  }
-  round += 1;
-  found[firstPending].el.scrollIntoView({block: 'start'});
-  setTimeout(() => requestAnimationFrame(step), pauseMs);
+  return {state: 'pending', url: null};
+});
+let ok = 0, target = -1;
+for (let i = 0; i < found.length && ok < want; i++) {
+  if (found[i].state === 'ok') ok += 1;
+  else if (found[i].state !== 'bad') { target = i; break; }
 }
-step();
+let box = null;
+if (target >= 0) {
+  const r = items[target].getBoundingClientRect();
+  box = {top: r.top, bottom: r.bottom, vh: window.innerHeight, vw: window.innerWidth};
+}
+let hasNext = false;
+try { hasNext = !!(nextSel && document.querySelector(nextSel)); } catch (e) {}
+return {items: found, target: target, box: box, hasNext: hasNext, scrollY: window.scrollY};
 """
-
 
 class SearchFailed(Exception):
     def __init__(self, reason: str):
@@ -158,22 +119,41 @@ class SiteSearch:
         profile: SiteProfile,
         politeness: Politeness,
         login: QrLogin,
+        operator: OperatorRelay,
+        budget: AccountBudget,
+        count: Callable[[str], None] = lambda event: None,
     ):
         self.session = session
         self.profile = profile
         self.politeness = politeness
         self.login = login
-        pace = profile.pace
-        self.budget = PageBudget(pace.max_pages_per_hour, pace.max_pages_per_day,
-                                 pace.search_cooldown_s)
+        self.operator = operator
+        # Counts an event in the rank's statistics (e.g. wrong_query).
+        self.count = count
+        self._input: tuple[Any, HumanInput | None] | None = None
+        self.budget = budget
+        # Set when the site challenged this search: the account cools down after it.
+        self._challenged: str | None = None
         self.pages_loaded = 0
 
     def collect(self, query: str, want: int, deadline: float) -> SearchOutcome:
         """Up to ``want`` distinct image URLs for ``query`` (a normalised query)."""
-        outcome = SearchOutcome()
-        seen: set[str] = set()
         self._wait_for_pace(self.budget.search_delay(), deadline, "the pause between searches")
         self.budget.record_search()
+        self._challenged = None
+        try:
+            return self._collect(query, want, deadline)
+        finally:
+            if self._challenged is not None:
+                pace = self.profile.pace
+                seconds = {"a check the operator passed": pace.cooldown_after_challenge_s,
+                           "a check nobody passed in time": pace.cooldown_after_human_timeout_s,
+                           "an interstitial": pace.cooldown_after_interstitial_s}[self._challenged]
+                self.budget.cool_down(seconds, self._challenged)
+
+    def _collect(self, query: str, want: int, deadline: float) -> SearchOutcome:
+        outcome = SearchOutcome()
+        seen: set[str] = set()
         for page_index in range(self.profile.search.max_pages):
             kind = self._open(query, page_index, deadline)
             outcome.pages += 1
@@ -197,7 +177,8 @@ class SiteSearch:
                 elif item["state"] == "bad":
                     outcome.unusable.append(f"malformed image URL {item['url']!r}")
                 else:
-                    outcome.unusable.append("result item without an image")
+                    outcome.unusable.append("result item without an image after scrolling")
+                    break
             if len(outcome.urls) >= want:
                 outcome.unusable = []
                 return outcome
@@ -212,38 +193,64 @@ class SiteSearch:
         if delay <= 0:
             return
         if time.time() + delay > deadline:
-            raise SearchFailed(f"{what} ({self.budget.describe() or 'cooldown'}) leaves no time "
-                               f"before the deadline: next page in {delay:.0f}s")
+            raise SearchFailed(f"{what} leaves no time before the deadline: next page in "
+                               f"{delay:.0f}s")
         log.info("waiting %.1fs for %s", delay, what)
         time.sleep(delay)
 
+    # ---- input ------------------------------------------------------------------------
+    def _human(self) -> HumanInput | None:
+        """Trusted input into the current browser; None where it takes no DevTools input."""
+        driver = self.session.driver
+        if self._input is None or self._input[0] is not driver:
+            self._input = (driver, HumanInput(driver) if human_input.available(driver) else None)
+            if self._input[1] is None:
+                log.warning("this browser takes no DevTools input: clicks and typing by script")
+        return self._input[1]
+
+    def _click(self, element: Any) -> None:
+        person = self._human()
+        if person is not None:
+            person.click_element(element)
+        else:
+            self.session.driver.execute_script("arguments[0].click();", element)
+
     # ---- one result page ----------------------------------------------------------------
     def _open(self, query: str, page_index: int, deadline: float) -> PageKind:
-        interstitials = errors = logins = 0
+        interstitials = errors = logins = wrong = 0
         while True:
             if time.time() > deadline:
                 raise SearchFailed("deadline passed while searching")
-            self._wait_for_pace(self.budget.page_delay(), deadline, "the page cap")
+            while (delay := self.budget.reserve_page()) > 0:
+                self._wait_for_pace(delay, deadline,
+                                    f"the account's page budget ({self.budget.last_reason})")
             self.politeness.wait()
-            self.budget.record_page()
             kind, detail = self._load(query, page_index)
             if kind == "human":
-                outcome = self.login.wait_for_human(
-                    deadline, lambda: self._classify(settle=False)[0] == "human")
+                outcome = self.operator.wait(
+                    deadline, self.profile.interstitial.human_wait_s,
+                    lambda: self._classify(settle=False)[0] == "human",
+                    self.profile.interstitial.human_selector)
                 if outcome == "timeout":
+                    self._challenged = "a check nobody passed in time"
                     raise SearchFailed("the site shows a check only a person can pass (a slider); "
                                        "the operator was asked on the login page")
+                self._challenged = self._challenged or "a check the operator passed"
                 # Solved: the same page again (a click-paged search starts over).
                 page_index = page_index if self.profile.search.paging == "url" else 0
                 continue
             if kind == "interstitial":
+                self._challenged = self._challenged or "an interstitial"
                 if interstitials >= self.profile.interstitial.max_retries:
                     raise SearchFailed(
                         "the site shows a 'verify you are human' page (interstitial) after "
                         f"{interstitials + 1} tries"
                     )
                 interstitials += 1
-                pause = self.politeness.interstitial_backoff()
+                pause = self.politeness.interstitial_backoff(max(0.0, deadline - time.time()))
+                if pause is None:
+                    raise SearchFailed("the site shows a 'verify you are human' page "
+                                       "(interstitial) and backing off would pass the deadline")
                 log.warning("interstitial on %r; backed off %.1fs", query, pause)
                 continue
             if kind == "login":
@@ -260,8 +267,26 @@ class SiteSearch:
                 errors += 1
                 time.sleep(0.5)
                 continue
+            shown = self._page_query()
+            if page_index == 0 and shown is not None and shown != query:
+                # E.g. a box that ignored the typing and searched its placeholder hot word.
+                self.count("wrong_query")
+                log.warning("results page for %r instead of %r", shown, query)
+                if wrong >= 1:
+                    raise SearchFailed(f"the results page is for {shown!r}, not for the query asked")
+                wrong += 1
+                continue
             self.politeness.page_ok()
             return kind
+
+    def _page_query(self) -> str | None:
+        """The query the results page is for (normalised), from its address; None when the
+        profile names no query parameter or the address has none."""
+        param = self.profile.search.query_param
+        if not param:
+            return None
+        values = parse_qs(urlsplit(self.session.driver.current_url).query).get(param)
+        return normalize_query(values[0]) if values else None
 
     def _load(self, query: str, page_index: int) -> tuple[PageKind, str]:
         driver = self.session.driver
@@ -283,7 +308,7 @@ class SiteSearch:
             return "unknown", f"navigation failed: {(exc.msg or str(exc)).splitlines()[0]}"
         finally:
             self.pages_loaded += 1
-        return self._classify()
+        return self._classify(query=query)
 
     def _first_page(self, query: str) -> None:
         if self.profile.search.mode == "form":
@@ -291,20 +316,52 @@ class SiteSearch:
         else:
             self.session.driver.get(self.profile.search_url(query, 0))
 
+    def _search_box(self) -> Any:
+        """The visible search box, waited for: the home page loads eagerly and draws it later."""
+        driver = self.session.driver
+        selector = self.profile.search.search_box
+        limit = time.monotonic() + self.profile.search.box_timeout_s
+        while True:
+            box = driver.execute_script(
+                "return Array.from(document.querySelectorAll(arguments[0]))"
+                ".find(el => el.getClientRects().length > 0 && !el.disabled) || null;", selector)
+            if box is not None:
+                return box
+            if time.monotonic() > limit:
+                raise SearchFailed(f"the home page shows no search box ({selector!r}) within "
+                                   f"{self.profile.search.box_timeout_s:g}s")
+            time.sleep(0.1)
+
     def _submit_form(self, query: str) -> None:
         driver = self.session.driver
         search = self.profile.search
         driver.get(self.profile.expand(search.home_url))
+        box = self._search_box()
         before = driver.current_url
         handles = set(driver.window_handles)
-        # The value is set by script: ChromeDriver cannot type characters outside the BMP.
-        driver.execute_script(
-            "const box = document.querySelector(arguments[0]); box.value = arguments[1];"
-            "box.dispatchEvent(new Event('input', {bubbles: true}));"
-            "const button = arguments[2] && document.querySelector(arguments[2]);"
-            "if (button) { button.click(); } else { box.form.submit(); }",
-            search.search_box, query, search.submit,
-        )
+        person = self._human()
+        if person is None:
+            # No trusted input in this browser: the value by script, as a last resort.
+            driver.execute_script(
+                "const box = arguments[0]; box.value = arguments[1];"
+                "box.dispatchEvent(new Event('input', {bubbles: true}));"
+                "const button = arguments[2] && document.querySelector(arguments[2]);"
+                "if (button) { button.click(); } else { box.form.submit(); }",
+                box, query, search.submit)
+        else:
+            person.click_element(box)
+            if not driver.execute_script("return document.activeElement === arguments[0];", box):
+                driver.execute_script("arguments[0].focus();", box)
+            person.clear_focused()
+            person.type_text(query)
+            button = driver.execute_script(
+                "const b = arguments[0] && Array.from(document.querySelectorAll(arguments[0]))"
+                ".find(el => el.getClientRects().length > 0); return b || null;", search.submit)
+            time.sleep(person.rng.uniform(0.2, 0.6))
+            if button is not None:
+                person.click_element(button)
+            else:
+                person.key("Enter")
         limit = time.monotonic() + self.session.settings.page_load_timeout_s
         while time.monotonic() < limit:
             opened = set(driver.window_handles) - handles
@@ -337,9 +394,12 @@ class SiteSearch:
     def _click_next(self) -> bool:
         driver = self.session.driver
         results = self.profile.results
-        if not results.next_page or not driver.execute_script(_CLICK_NEXT_JS, results.item,
-                                                              results.next_page):
+        if not results.next_page:
             return False
+        control = driver.execute_script(_NEXT_CONTROL_JS, results.item, results.next_page)
+        if control is None:
+            return False
+        self._click(control)
         limit = time.monotonic() + self.session.settings.page_load_timeout_s
         while time.monotonic() < limit:
             try:
@@ -355,31 +415,26 @@ class SiteSearch:
         self._wait_loading(limit)
         return True
 
-    def _classify(self, settle: bool = True) -> tuple[PageKind, str]:
+    def _classify(self, settle: bool = True, query: str = "") -> tuple[PageKind, str]:
         """What the page is. ``settle``: wait for a loading page (and for results that come
-        after the document, up to the profile's grace period) and click soft prompts away."""
+        after the document, up to the profile's grace period) and close soft prompts."""
         profile = self.profile
         driver = self.session.driver
-        prompts = [[p.selector, p.text_contains] for p in profile.soft_prompts]
-        args = [
-            profile.results.ready, profile.interstitial.selector,
-            profile.interstitial.title_contains, profile.interstitial.url_contains,
-            profile.login.wall_url_contains, profile.login.wall_selector,
-            profile.results.empty, profile.results.item, profile.interstitial.human_selector,
-            prompts,
-        ]
+        args = classify_args(profile, query)
         limit = time.monotonic() + self.session.settings.page_load_timeout_s
         settled_at: float | None = None
         prompts_clicked = 0
         while True:
-            kind = driver.execute_script(_CLASSIFY_JS, *args)
+            kind = driver.execute_script(CLASSIFY_JS, *args)
             if not settle:
                 return (kind if kind in _FINAL_KINDS else "unknown"), ""
             if isinstance(kind, str) and kind.startswith("prompt:") and prompts_clicked < 5:
                 prompt = profile.soft_prompts[int(kind.split(":")[1])]
-                log.info("soft prompt %r: clicking it away", prompt.name)
-                driver.execute_script(_CLICK_PROMPT_JS, prompt.selector, prompt.text_contains,
-                                      prompt.click)
+                log.info("soft prompt %r: closing it", prompt.name)
+                target = driver.execute_script(_PROMPT_TARGET_JS, prompt.selector,
+                                               prompt.text_contains, prompt.click)
+                if target is not None:
+                    self._click(target)
                 prompts_clicked += 1
                 settled_at = None
                 time.sleep(0.2)
@@ -391,7 +446,7 @@ class SiteSearch:
                 now = time.monotonic()
                 settled_at = settled_at if settled_at is not None else now
                 if now - settled_at >= profile.results.grace_s:
-                    kind = "unknown"
+                    kind = "interstitial" if kind == "settled:title" else "unknown"
                     break
             if time.monotonic() > limit:
                 kind = "unknown"
@@ -406,10 +461,34 @@ class SiteSearch:
         return kind, detail
 
     def _lazy_urls(self, want: int) -> dict:
+        """The items' picture URLs, bringing each card still without one into view with the
+        wheel, a round at a time, until it has one or ``scroll.max_rounds`` is reached."""
+        driver = self.session.driver
         results = self.profile.results
         scroll = self.profile.scroll
-        return self.session.driver.execute_async_script(
-            _LAZY_URLS_JS, results.item, results.image, results.image_attributes,
-            results.placeholder_markers, max(1, want), int(scroll.pause_s * 1000),
-            scroll.max_rounds, results.next_page,
-        )
+        args = (results.item, results.image, results.image_attributes,
+                results.placeholder_markers, max(1, want), results.next_page)
+        person = self._human()
+        last_y: float | None = None
+        wheeled = False
+        for _ in range(scroll.max_rounds):
+            found = driver.execute_script(_COLLECT_JS, *args)
+            box = found["box"]
+            if found["target"] < 0:
+                return found
+            stuck = wheeled and last_y is not None and abs(found["scrollY"] - last_y) < 1
+            last_y = found["scrollY"]
+            wheeled = False
+            in_view = 0 <= box["top"] < box["vh"] * 0.85 and box["bottom"] > 0
+            if not in_view:
+                # The card near the top of the view, as a person reading down the list.
+                delta = box["top"] - box["vh"] * 0.15
+                if person is not None and not stuck:
+                    person.wheel(delta, box["vw"] / 2, box["vh"] / 2)
+                    wheeled = True
+                else:  # no wheel in this browser, or the page does not scroll by it
+                    driver.execute_script(
+                        "document.querySelectorAll(arguments[0])[arguments[1]]"
+                        ".scrollIntoView({block: 'start'});", results.item, found["target"])
+            time.sleep(max(scroll.pause_s, 0.12 if wheeled else 0.0))
+        return driver.execute_script(_COLLECT_JS, *args)

@@ -16,18 +16,27 @@ Each Taobao host is served under a path named after it, so the profile runs unch
   ``#nocaptcha-password.nc-container``), QR view as a canvas drawn ~0.8 s after it is shown;
   variants: QR first, or the login as an iframe on the search page; ``quick=1`` shows the
   one-click "快速进入" re-login. The scan is the shop's ``POST /qr/{token}/confirm``.
-- Risk control: past ``page_cap`` result pages per session in ``cap_window_s`` (or on demand)
-  the results give way to the baxia dialog, an iframe of ``/_____tmd_____/punish`` holding the
-  slider ``#nc_1_n1z``; a "访问太频繁" ``.baxia-dialog`` can be closed.
+- The home page draws its search box after the document loaded; the box is controlled by
+  the page's script, which keeps only what trusted input typed: a value set by script is
+  ignored and the form searches the placeholder hot word instead. Cards render their ``<img>``
+  only once scrolled into view.
+- Risk control, counted per account: past ``busy_cap`` result pages in ``cap_window_s`` the
+  cards wait behind a frequency dialog ("操作太频繁"), closed by its close control; past
+  ``page_cap`` (or on demand, or after a search that did not come from the site's own pages:
+  a direct search URL) the session meets the slider ``#nc_1_n1z``, in one of the
+  ``challenge`` forms: the baxia dialog (an iframe of ``/_____tmd_____/punish``), the punish
+  page at the top level, the punish page answered in place of the results (titled 验证码拦截),
+  or in place and with its knob drawn seconds later. The slider passes only on a drag of
+  trusted pointer events along its track; nothing else lifts it.
 
-Test switches: ``GET|POST|DELETE /_test/taobao`` (see :class:`SkinSwitches`), and the
-slider's own ``POST /s.taobao.com/_____tmd_____/punish/solve`` (what dragging it does).
+Test switches: ``GET|POST|DELETE /_test/taobao`` (see :class:`SkinSwitches`).
 """
 from __future__ import annotations
 
 import asyncio
 import base64
 import binascii
+import hashlib
 import io
 import re
 import secrets
@@ -62,8 +71,15 @@ class SkinSwitches(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     login_variant: Literal["password_first", "qr_first", "iframe"] = "password_first"
-    page_cap: int = Field(20, ge=0, description="result pages per session in cap_window_s before the slider (0: none)")
+    page_cap: int = Field(20, ge=0, description="result pages per account in cap_window_s before the slider (0: none)")
+    busy_cap: int = Field(0, ge=0, description="result pages per account in cap_window_s before the frequency dialog (0: none)")
     cap_window_s: float = Field(7200.0, gt=0)
+    challenge: Literal["dialog", "page", "inline", "unrendered"] = Field(
+        "dialog", description="how the slider shows: baxia dialog, punish page, punish page in place of the results (titled 验证码拦截), in place with a late knob")
+    busy_text: str = Field("访问太频繁", description="what the frequency dialog says")
+    busy_close: Literal["x", "button"] = Field("x", description="the dialog's close control: its × or a 关闭 button")
+    direct_url_risk: bool = Field(True, description="a search that did not come from the site's pages meets the slider")
+    box_delay_ms: int = Field(400, ge=0, le=20000, description="the home page draws its search box this long after loading")
     card_delay_ms: int = Field(600, ge=0, le=20000, description="cards are fetched this long after the load event")
     qr_draw_delay_ms: int = Field(800, ge=0, le=20000)
     busy_dialog: int = Field(0, ge=-1, description="next N result pages behind a closable 访问太频繁 dialog")
@@ -108,21 +124,22 @@ class SkinState:
                 setattr(self.switches, name, left - 1)
             return True
 
-    def count_page(self, session_id: str, now: float) -> bool:
-        """Counts one result page of the session; False when it goes past the cap (the
-        session is then blocked until the slider is passed)."""
+    def count_page(self, session_id: str, account: str, now: float) -> Literal["ok", "busy", "slider"]:
+        """Counts one result page of the account: 'slider' past page_cap (the session is
+        then blocked until the slider is passed), 'busy' past busy_cap (the frequency dialog)."""
         with self._lock:
             if session_id in self._blocked:
-                return False
+                return "slider"
             cap, window = self.switches.page_cap, self.switches.cap_window_s
-            pages = self._pages.setdefault(session_id, deque())
+            pages = self._pages.setdefault(account, deque())
             while pages and pages[0] <= now - window:
                 pages.popleft()
             if cap and len(pages) >= cap:
                 self._blocked.add(session_id)
-                return False
+                return "slider"
             pages.append(now)
-            return True
+            busy = self.switches.busy_cap
+            return "busy" if busy and len(pages) > busy else "ok"
 
     def block(self, session_id: str) -> None:
         with self._lock:
@@ -132,19 +149,28 @@ class SkinState:
         with self._lock:
             return session_id in self._blocked
 
-    def solve(self, session_id: str) -> bool:
+    def solve(self, session_id: str, account: str) -> bool:
         with self._lock:
             was = session_id in self._blocked
             self._blocked.discard(session_id)
-            self._pages.pop(session_id, None)
+            self._pages.pop(account, None)
             return was
 
-    def solve_all(self) -> int:
-        with self._lock:
-            solved = len(self._blocked)
-            self._blocked.clear()
-            self._pages.clear()
-            return solved
+
+class SliderTrace(BaseModel):
+    """What the slider page reports of a drag: only trusted pointer events count, and they
+    must run along the track to its end, over time, as a hand moves."""
+
+    model_config = ConfigDict(extra="forbid")
+    trusted_moves: int = Field(ge=0)
+    untrusted: int = Field(ge=0)
+    off_track: int = Field(ge=0)
+    duration_ms: float = Field(ge=0)
+    reached_end: bool
+
+    def passes(self) -> bool:
+        return (self.untrusted == 0 and self.off_track == 0 and self.trusted_moves >= 5
+                and self.duration_ms >= 100 and self.reached_end)
 
 
 def query_key(query: str) -> str:
@@ -207,11 +233,22 @@ def add_taobao_skin(app: FastAPI, shop: Any) -> None:
             await asyncio.sleep(delay)
 
     # ---- pages ----------------------------------------------------------------------------
+    def punish_url(target: str) -> str:
+        return "/s.taobao.com/_____tmd_____/punish?" + urlencode(
+            {"x5secdata": secrets.token_hex(6), "x5step": "1", "redirect": target})
+
+    def from_the_site(request: Request) -> bool:
+        """The request came from one of the site's own pages (its box, its paging, the way
+        back from its login)."""
+        referer = request.headers.get("referer", "")
+        return any(f"/{host}/" in referer
+                   for host in ("www.taobao.com", "s.taobao.com", "login.taobao.com"))
+
     @app.get("/www.taobao.com/", response_class=HTMLResponse)
     async def tb_home(request: Request) -> HTMLResponse:
         shop.stats.add("tb_home")
         await page_delay()
-        return render(request, "home.html", query="")
+        return render(request, "home.html", query="", hot_word=shop.catalog.clean("红色条纹T恤"))
 
     @app.get("/s.taobao.com/search", response_class=HTMLResponse)
     async def tb_search(request: Request, q: str = "") -> Response:
@@ -228,6 +265,19 @@ def add_taobao_skin(app: FastAPI, shop: Any) -> None:
         if state.take("soft_reauth"):
             shop.stats.add("tb_search_soft_reauth")
             return RedirectResponse(login_url(original_path(request), quick="1"), status_code=302)
+        shop.stats.add("tb_search_query:" + query)
+        switches = state.current()
+        if switches.direct_url_risk and not from_the_site(request):
+            # Typed into the address bar (or a script's URL): a risk signal.
+            shop.stats.add("tb_direct_search")
+            state.block(session.session_id)
+        if state.blocked(session.session_id) and switches.challenge != "dialog":
+            shop.stats.add("tb_punish")
+            if switches.challenge == "page":
+                return RedirectResponse(punish_url(original_path(request)), status_code=302)
+            return render(request, "punish.html", target=original_path(request),
+                          title="验证码拦截" if switches.challenge == "inline" else "淘宝网",
+                          knob_delay_ms=3000 if switches.challenge == "unrendered" else 0)
         return render(request, "search.html", query=query, login_frame=None)
 
     @app.get("/s.taobao.com/api/items")
@@ -238,17 +288,21 @@ def add_taobao_skin(app: FastAPI, shop: Any) -> None:
             return JSONResponse({"login": login_url("/s.taobao.com/search?" + urlencode({"q": q}))},
                                 headers=NO_STORE)
         switches = state.current()
-        punish_url = "/s.taobao.com/_____tmd_____/punish?" + urlencode(
-            {"x5secdata": secrets.token_hex(6), "x5step": "1"})
+        target = "/s.taobao.com/search?" + urlencode({"q": q, "tab": "all"})
+        challenge = {"punish": punish_url(target), "challenge": switches.challenge}
         if state.blocked(session.session_id) or state.take("punish") or \
                 (switches.detect_webdriver and wd):
             state.block(session.session_id)
             shop.stats.add("tb_punish")
-            return JSONResponse({"punish": punish_url}, headers=NO_STORE)
-        if not state.count_page(session.session_id, time.time()):
+            return JSONResponse(challenge, headers=NO_STORE)
+        counted = state.count_page(session.session_id, session.nick, time.time())
+        if counted == "slider":
             shop.stats.add("tb_punish")
             shop.stats.add("tb_page_cap")
-            return JSONResponse({"punish": punish_url}, headers=NO_STORE)
+            return JSONResponse(challenge, headers=NO_STORE)
+        busy = state.take("busy_dialog") or counted == "busy"
+        if busy:
+            shop.stats.add("tb_busy_dialog")
         query = shop.catalog.clean(q)
         total = 0 if state.take("empty_results") else shop.catalog.total(query)
         pages = max(1, -(-total // PAGE_SIZE))
@@ -261,7 +315,8 @@ def add_taobao_skin(app: FastAPI, shop: Any) -> None:
             "pic": f"{IMAGE_PREFIX}/{key}/{it.nid}.jpg_360x360q90.jpg_.{'avif' if it.index % 2 else 'webp'}",
         } for it in found]
         return JSONResponse({"items": items, "page": page, "pages": pages,
-                             "busy": state.take("busy_dialog")}, headers=NO_STORE)
+                             "busy": switches.busy_text if busy else None,
+                             "busy_close": switches.busy_close}, headers=NO_STORE)
 
     @app.get(IMAGE_PREFIX + "/{key}/{name}")
     def tb_picture(key: str, name: str) -> Response:
@@ -323,7 +378,9 @@ def add_taobao_skin(app: FastAPI, shop: Any) -> None:
         response.set_cookie(settings.session_cookie, session.session_id, max_age=age, path="/",
                             httponly=True, samesite="lax")
         # What only a logged-in visitor gets (the crawler's sign of a login).
-        response.set_cookie("unb", str(10**9 + secrets.randbelow(10**9)), max_age=age, path="/")
+        # The account's number: the same at every login of the account.
+        number = 10**9 + int.from_bytes(hashlib.sha256(session.nick.encode()).digest()[:4], "big")
+        response.set_cookie("unb", str(number), max_age=age, path="/")
         response.set_cookie("_nk_", quote(session.nick), max_age=age, path="/")
         response.set_cookie("tracknick", quote(session.nick), max_age=age, path="/")
         return response
@@ -338,9 +395,10 @@ def add_taobao_skin(app: FastAPI, shop: Any) -> None:
 
     # ---- the slider -----------------------------------------------------------------------
     @app.get("/s.taobao.com/_____tmd_____/punish", response_class=HTMLResponse)
-    async def tb_punish(request: Request) -> HTMLResponse:
+    async def tb_punish(request: Request, redirect: str = "") -> HTMLResponse:
         shop.stats.add("tb_punish_page")
-        return render(request, "punish.html")
+        return render(request, "punish.html", target=safe_target(redirect) if redirect else "",
+                      title="验证码拦截", knob_delay_ms=0)
 
     @app.get("/s.taobao.com/_____tmd_____/punish/status")
     async def tb_punish_status(request: Request) -> JSONResponse:
@@ -349,13 +407,16 @@ def add_taobao_skin(app: FastAPI, shop: Any) -> None:
         return JSONResponse({"blocked": blocked}, headers=NO_STORE)
 
     @app.post("/s.taobao.com/_____tmd_____/punish/solve")
-    async def tb_punish_solve(request: Request) -> JSONResponse:
-        """What dragging the slider to the end does (a person's work)."""
+    async def tb_punish_solve(request: Request, trace: SliderTrace) -> JSONResponse:
+        """What the slider page sends after a drag; only a hand's drag lifts the block."""
         session = shop.session_of(request)
         if session is None:
             return JSONResponse({"error": "no session"}, status_code=403)
+        if not trace.passes():
+            shop.stats.add("tb_punish_refused")
+            return JSONResponse({"solved": False}, headers=NO_STORE)
         shop.stats.add("tb_punish_solved")
-        return JSONResponse({"solved": state.solve(session.session_id)})
+        return JSONResponse({"solved": state.solve(session.session_id, session.nick)})
 
     if settings.test_endpoints:
         @app.get("/_test/taobao")
@@ -374,10 +435,3 @@ def add_taobao_skin(app: FastAPI, shop: Any) -> None:
         async def tb_reset() -> dict:
             state.reset()
             return state.current().model_dump()
-
-        @app.post("/_test/taobao/solve-all")
-        async def tb_solve_all() -> dict:
-            """The operator passing the slider for every blocked session."""
-            solved = state.solve_all()
-            shop.stats.add("tb_punish_solved", solved)
-            return {"solved": solved}

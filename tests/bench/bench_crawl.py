@@ -1,10 +1,15 @@
-"""Crawl throughput: queries per minute with one and with two crawler worker processes.
+"""Crawl throughput: queries per minute with one and with two crawler worker processes, and
+the pages per hour one account gets under the Taobao profile's default pace.
 
 Real Redis, the demo shop, Celery workers with headless Chromium, 5 images per query and no
 politeness delay (the shop profile's default). The figure that matters is the ratio of the two
 runs, measured in this script on this machine; absolute rates depend on the machine's load.
 
     .venv/bin/python tests/bench/bench_crawl.py [--queries 60]
+
+The account's pace is the budget's own decision (services/crawler/budget.py, real Redis)
+replayed over a simulated day: each page is taken as soon as the budget allows it, so the
+figures are the ceiling the default pace sets, not what a site with sliders would leave.
 
 Prints one JSON object on the last line.
 """
@@ -47,6 +52,42 @@ def cpu_seconds(processes: dict[str, list[psutil.Process]]) -> dict[str, dict[in
             except psutil.Error:
                 continue
     return out
+
+
+def default_pace_per_account(redis_url: str, profile: str = "taobao") -> dict:
+    """Pages one account may load per hour under ``profile``'s default [pace], from the
+    account budget itself over a simulated 24 hours (two ranks sharing the account)."""
+    import redis as redis_lib
+
+    from services.crawler.budget import AccountBudget
+    from services.crawler.profile import load_profile
+
+    pace = load_profile(profile).pace
+    politeness = load_profile(profile).politeness
+    client = redis_lib.Redis.from_url(redis_url)
+    now = [1_000_000.0]
+    ranks = [AccountBudget(client, lambda: "bench-account", pace.max_pages_per_hour,
+                           pace.max_pages_per_day, pace.min_page_gap_s, pace.search_cooldown_s,
+                           clock=lambda: now[0]) for _ in range(2)]
+    start, times = now[0], []
+    while now[0] < start + 24 * 3600:
+        for budget in ranks:
+            delay = budget.reserve_page()
+            if delay <= 0:
+                times.append(now[0] - start)
+                # A person's rhythm between two pages of one rank comes on top.
+                now[0] += politeness.min_interval_s
+            else:
+                now[0] += delay
+    client.close()
+    first_hour = sum(1 for t in times if t < 3600)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    return {"profile": profile, "ranks_sharing_the_account": 2,
+            "max_pages_per_hour": pace.max_pages_per_hour, "max_pages_per_day": pace.max_pages_per_day,
+            "min_page_gap_s": pace.min_page_gap_s,
+            "pages_first_hour": first_hour, "pages_per_24h": len(times),
+            "pages_per_hour_over_24h": round(len(times) / 24, 2),
+            "shortest_gap_s": round(min(gaps), 1) if gaps else None}
 
 
 def run(client: CrawlClient, ranks: list[int], texts: list[str], images: int,
@@ -132,6 +173,7 @@ def main() -> int:
             latency["one"] = run(client, [0], queries("lat1-", count), args.images, components)
             shop.clear_faults()
         load_after = os.getloadavg()
+        account_pace = default_pace_per_account(redis_server.url)
     finally:
         client.close()
         leftovers = []
@@ -160,6 +202,7 @@ def main() -> int:
         "meets_rate_target": one["queries_per_min"] >= 60,
         "meets_speedup_target": speedup >= 1.6,
         "orphan_processes": leftovers,
+        "pages_per_hour_per_account_default_pace": account_pace,
     }
     if latency:
         summary["with_site_latency"] = {

@@ -90,6 +90,11 @@ def test_politeness_keeps_the_interval_and_backs_off():
     assert pace.interstitial_backoff() == 60.0     # doubles while interstitials continue
     pace.page_ok()
     assert pace.interstitial_backoff() == 30.0
+    # A pause longer than the time left before the request's deadline is not slept at all.
+    before = clock.now
+    assert pace.interstitial_backoff(limit_s=59.0) is None
+    assert clock.now == before
+    assert pace.interstitial_backoff(limit_s=61.0) == 60.0
     free = Politeness(0.0, 0.0, 0.0, clock=clock.clock, sleep=clock.sleep)
     free.wait()
     assert free.wait() == 0.0

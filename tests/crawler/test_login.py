@@ -129,6 +129,42 @@ def test_expired_qr_codes_are_replaced(redis_url, short_qr_shop, client, tmp_pat
         assert worker.stop() == []
 
 
+def test_an_idle_rank_stops_refreshing_its_code_until_login_is_opened(
+        redis_url, short_qr_shop, client, tmp_path):
+    from services.crawler.profile import PROFILES_DIR
+
+    profile = tmp_path / "shop.toml"
+    profile.write_text((PROFILES_DIR / "shop.toml").read_text().replace(
+        "qr_max_age_s = 115", "qr_max_age_s = 115\nidle_qr_refreshes = 1"))
+    worker = CrawlerWorker(redis_url, short_qr_shop.base_url, tmp_path / "w", rank=0,
+                           mode="headless", profile=str(profile),
+                           env={"CNCLIP_CRAWLER_LOGIN_POLL_S": "0.3"}).start()
+    try:
+        client.wait_login_state(0, {"waiting_for_scan"})
+        tokens = len(short_qr_shop.tokens())
+        # Nobody watches: one new code after the first expired, then none.
+        stopped = client.wait_login_state(0, {"expired"}, timeout=40)
+        deadline = time.monotonic() + 30
+        while "open /login" not in stopped.detail and time.monotonic() < deadline:
+            time.sleep(0.3)
+            stopped = client.login_state(0)
+        assert "open /login" in stopped.detail, stopped
+        assert client.qr_png(0) is None
+        taken = len(short_qr_shop.tokens())
+        assert taken <= tokens + 2
+        time.sleep(5)
+        assert len(short_qr_shop.tokens()) == taken         # no more codes while unwatched
+        # Someone opens /login (its page says so through Redis): a fresh code at once.
+        client.redis.set(redis_keys.crawler_login_watched(), "1", ex=20)
+        fresh = client.wait_login_state(0, {"waiting_for_scan"}, timeout=20)
+        token = decode_qr(client.qr_png(0)).removeprefix(QR_PREFIX)
+        assert fresh.updated_at > stopped.updated_at
+        assert short_qr_shop.confirm(token).status_code == 200
+        client.wait_login_state(0, {"logged_in"}, timeout=30)
+    finally:
+        assert worker.stop() == []
+
+
 def test_one_login_shared_by_two_ranks(redis_url, shop, client, tmp_path):
     shared = {"CNCLIP_CRAWLER_SHARE_LOGIN": "true", "CNCLIP_CRAWLER_DATA_DIR": str(tmp_path / "common")}
     first = CrawlerWorker(redis_url, shop.base_url, tmp_path / "a", rank=0, env=shared).start()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.crawler.pace import PageBudget
+from services.crawler.budget import AccountBudget, account_name
 from services.crawler.profile import PROFILES_DIR, ProfileError, load_profile
 
 
@@ -63,28 +63,61 @@ class FakeClock:
         return self.now
 
 
-def test_page_budget_caps_pages_per_hour_and_day():
+def test_an_accounts_page_budget_in_redis(redis_client):
     clock = FakeClock()
-    budget = PageBudget(max_per_hour=2, max_per_day=3, clock=clock)
-    assert budget.page_delay() == 0
-    budget.record_page()
+    account = {"name": "acct-1"}
+    budget = AccountBudget(redis_client, lambda: account["name"], max_per_hour=2, max_per_day=3,
+                           clock=clock)
+    assert budget.reserve_page() == 0
     clock.now += 10
-    budget.record_page()
-    # Two pages in the hour: the next waits until the first leaves the window.
-    assert budget.page_delay() == pytest.approx(3600 - 10)
+    assert budget.reserve_page() == 0
+    # Two pages in the hour: the next waits until the first leaves the window, recording nothing.
+    assert budget.reserve_page() == pytest.approx(3600 - 10)
+    assert budget.last_reason == "2 pages per 1 h"
+    assert budget.pages_in(3600) == 2
+    # Another rank (or a restarted worker) on the same account shares the count.
+    again = AccountBudget(redis_client, lambda: "acct-1", max_per_hour=2, max_per_day=3, clock=clock)
+    assert again.reserve_page() == pytest.approx(3600 - 10)
+    # Another account has its own.
+    account["name"] = "acct-2"
+    assert budget.reserve_page() == 0
+    account["name"] = "acct-1"
     clock.now += 3600
-    assert budget.page_delay() == 0
-    budget.record_page()
+    assert budget.reserve_page() == 0
     # Three in the day: the next waits for the first to be a day old.
-    assert budget.page_delay() == pytest.approx(24 * 3600 - 3610)
+    assert budget.reserve_page() == pytest.approx(24 * 3600 - 3610)
+    assert budget.last_reason == "3 pages per 24 h"
     assert budget.describe() == "2 pages per 1 h, 3 pages per 24 h"
 
 
-def test_search_cooldown():
+def test_pages_are_spread_out_and_an_account_cools_down(redis_client):
     clock = FakeClock()
-    budget = PageBudget(search_cooldown_s=20, clock=clock)
+    budget = AccountBudget(redis_client, lambda: "acct-gap", min_gap_s=180, clock=clock)
+    assert budget.reserve_page() == 0
+    clock.now += 30
+    assert budget.reserve_page() == pytest.approx(150)     # no burst
+    assert budget.last_reason == "the least gap between two pages"
+    clock.now += 150
+    assert budget.reserve_page() == 0
+    budget.cool_down(600, "a check the operator passed")
+    budget.cool_down(60, "an interstitial")                  # a shorter one does not shorten it
+    clock.now += 500
+    assert budget.reserve_page() == pytest.approx(100)
+    assert budget.last_reason == "cooldown after a check the operator passed"
+    clock.now += 100
+    assert budget.reserve_page() == 0
+
+
+def test_search_cooldown_and_the_account_name(redis_client):
+    clock = FakeClock()
+    budget = AccountBudget(redis_client, lambda: "acct-s", search_cooldown_s=20, clock=clock)
     assert budget.search_delay() == 0
     budget.record_search()
     clock.now += 5
     assert budget.search_delay() == pytest.approx(15)
-    assert PageBudget().page_delay() == 0 and PageBudget().describe() == ""
+    unlimited = AccountBudget(redis_client, lambda: "acct-free")
+    assert [unlimited.reserve_page() for _ in range(5)] == [0] * 5 and unlimited.describe() == ""
+    cookies = [{"name": "tracknick", "value": "shopper"}, {"name": "unb", "value": "2200/..:x"}]
+    assert account_name(cookies, ["unb", "tracknick"], "taobao-rank0") == "2200_..:x".replace(":", "_")
+    assert account_name(cookies[:1], ["unb", "tracknick"], "taobao-rank0") == "shopper"
+    assert account_name([], ["unb"], "taobao-rank0") == "taobao-rank0"

@@ -1,7 +1,9 @@
 """The bundled ``taobao`` profile end to end against the shop's Taobao-like skin, with real
 Chromium (headed under Xvfb, as the profile asks), Redis and Celery: QR login on a canvas,
 search through the home page's box into a new tab, async cards, paging by button, thumbnails
-rewritten to originals, and every interstitial (soft prompts, the slider, the page cap)."""
+rewritten to originals, typed input checked against the results page, and the soft prompts.
+The slider reaching the operator, who passes it through control, is in
+tests/control/test_operator_e2e.py."""
 from __future__ import annotations
 
 import io
@@ -18,6 +20,7 @@ import zxingcpp
 from PIL import Image
 
 from services.crawler.profile import PROFILES_DIR
+from shared import redis_keys
 from shared.image_validation import check_prepared
 from tests.fixtures_crawler import CrawlClient, CrawlerWorker, log_in
 from tests.fixtures_shop import REPO_ROOT, ShopServer
@@ -36,10 +39,12 @@ def decode_qr(png: bytes) -> str:
 
 
 def taobao_profile(tmp_path: Path, **pace: str) -> str:
-    """The bundled taobao profile, with its [pace] (hours-long caps and a 20 s pause between
-    searches) replaced for a test; everything else is the bundled text."""
+    """The bundled taobao profile, with its [pace] (hours-long caps, minutes between pages,
+    cooldowns) replaced for a test; everything else is the bundled text."""
     text = (PROFILES_DIR / "taobao.toml").read_text(encoding="utf-8")
-    values = {"max_pages_per_hour": "0", "max_pages_per_day": "0", "search_cooldown_s": "0", **pace}
+    values = {"max_pages_per_hour": "0", "max_pages_per_day": "0", "search_cooldown_s": "0",
+              "min_page_gap_s": "0", "cooldown_after_challenge_s": "0",
+              "cooldown_after_human_timeout_s": "0", "cooldown_after_interstitial_s": "0", **pace}
     for key, value in values.items():
         text, count = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", text)
         assert count == 1, key
@@ -61,9 +66,6 @@ class Skin:
 
     def reset(self) -> None:
         httpx.delete(self.shop.url("/_test/taobao")).raise_for_status()
-
-    def solve_slider(self) -> int:
-        return httpx.post(self.shop.url("/_test/taobao/solve-all")).json()["solved"]
 
 
 @pytest.fixture()
@@ -114,12 +116,23 @@ def test_taobao_profile_against_the_skin(crawler_workers, crawl_client, shop, sk
     assert shop.count("tb_home") == 1            # typed into the home page's box...
     assert shop.count("tb_search") == 1          # ...one search page (opened in a new tab)...
     assert shop.count("tb_result_page") == 2     # ...and a second page by the button
+    # Typed with key events: the box (which ignores a value set by script) searched the query,
+    # not its placeholder hot word; no direct search URL, so no slider.
+    assert shop.count("tb_search_query:红色 T恤") == 1
+    assert shop.count("tb_direct_search") == 0 and shop.count("tb_punish") == 0
+    assert crawl_client.redis.hget(redis_keys.crawler_stats(0), "wrong_query") is None
 
-    # "访问太频繁": closed, and the cards behind it read.
+    # "访问太频繁": closed, and the cards behind it read; the same for the other wordings
+    # of the dialog and a 关闭 button instead of its ×.
     skin.set(busy_dialog=1)
     result = crawl(crawl_client, "蓝色 杯子", 3, "tb2")
     assert result.status == "ok", result.missing
     assert skin.set()["busy_dialog"] == 0
+    for text, close in (("操作太频繁", "button"), ("请求过于频繁", "x")):
+        skin.set(busy_dialog=1, busy_text=text, busy_close=close)
+        result = crawl(crawl_client, "蓝色 杯子", 3, f"tb2-{text}")
+        assert result.status == "ok", (text, result.missing)
+    assert shop.count("tb_busy_dialog") == 3 and shop.count("tb_punish") == 0
 
     # One-click re-login ("快速进入") on the login page: clicked, no QR code asked for.
     tokens = len(shop.tokens())
@@ -133,26 +146,6 @@ def test_taobao_profile_against_the_skin(crawler_workers, crawl_client, shop, sk
     result = crawl(crawl_client, "白色 衬衫", 3, "tb4")
     assert result.status == "ok", result.missing
     skin.set(detect_webdriver=False)
-
-    # The slider: shown to the operator as needs_human with a screenshot, not backed off;
-    # once a person passed it the search goes on.
-    before = shop.count("tb_result_page")
-    skin.set(punish=1)
-    request = crawl_client.submit("绿色 裙子", n_images=3, job_id="tb5", rank=0, deadline_s=90)
-    waiting = crawl_client.wait_login_state(0, {"needs_human"}, timeout=60)
-    assert "slider" in waiting.detail
-    screenshot = Image.open(io.BytesIO(crawl_client.qr_png(0)))
-    assert screenshot.format == "PNG" and screenshot.width > 300
-    pages_while_waiting = shop.count("tb_result_page")
-    time.sleep(1.5)
-    assert crawl_client.login_state(0).state == "needs_human"   # still waiting, not reloading
-    assert shop.count("tb_result_page") == pages_while_waiting  # no page asked for meanwhile
-    assert skin.solve_slider() == 1
-    result, = crawl_client.wait_results(request.reply_stream, 1, timeout=90)
-    assert result.status == "ok", result.missing
-    assert shop.count("tb_result_page") > before
-    assert crawl_client.login_state(0).state == "logged_in"
-    assert crawl_client.qr_png(0) is None
 
 
 def test_iframe_login_with_expiry_inside_the_frame(crawl_client, redis_url, tmp_path):
@@ -189,19 +182,29 @@ def test_iframe_login_with_expiry_inside_the_frame(crawl_client, redis_url, tmp_
     assert leftovers == []
 
 
-def test_page_caps_hold_the_crawler_below_the_site_limit(crawler_workers, crawl_client, shop, skin,
-                                                         tmp_path):
-    # The site shows its slider after 3 result pages; the profile allows 2 an hour.
+def test_the_accounts_budget_holds_below_the_site_limit_and_survives_a_restart(
+        crawler_workers, crawl_client, shop, skin, tmp_path):
+    # The site shows its slider after 3 result pages; the profile allows the account 2 an hour.
     skin.set(page_cap=3, card_delay_ms=100)
-    crawler_workers(rank=0, mode="headless", profile=taobao_profile(tmp_path, max_pages_per_hour="2"),
-                    env=FAST)
+    profile = taobao_profile(tmp_path, max_pages_per_hour="2")
+    worker = crawler_workers(rank=0, mode="headless", profile=profile, env=FAST)
     log_in(crawl_client, shop, 0)
     assert crawl(crawl_client, "红色 T恤", 3, "cap1").status == "ok"
     assert crawl(crawl_client, "蓝色 杯子", 3, "cap2").status == "ok"
     capped = crawl(crawl_client, "黑色 帽子", 3, "cap3", timeout=30)
     assert capped.status == "failed"
-    assert "2 pages per 1 h" in capped.missing[0].reason
+    assert "the account's page budget (2 pages per 1 h)" in capped.missing[0].reason
+    assert "leaves no time before the deadline" in capped.missing[0].reason
+    # A restarted worker (same account, saved cookies) finds the count where it was.
+    assert worker.stop() == []
+    crawler_workers(rank=0, mode="headless", profile=profile, env=FAST, workdir=worker.workdir)
+    crawl_client.wait_login_state(0, {"logged_in"}, timeout=60)
+    again = crawl(crawl_client, "白色 衬衫", 3, "cap4", timeout=30)
+    assert again.status == "failed" and "2 pages per 1 h" in again.missing[0].reason
     assert shop.count("tb_punish") == 0          # the site's limit was never reached
+    assert shop.count("tb_result_page") == 2
+    accounts = [k for k in crawl_client.redis.scan_iter(match="*crawler:account:*:pages")]
+    assert len(accounts) == 1 and crawl_client.redis.zcard(accounts[0]) == 2
 
 
 def test_check_profile_against_a_live_page(shop, skin):
@@ -218,8 +221,8 @@ def test_check_profile_against_a_live_page(shop, skin):
     selectors = report["selectors"]
     assert selectors["login.wall_selector"]["visible"] == 1
     # The hidden captcha of the password view is there, and not visible.
-    assert selectors["interstitial.selector"]["matches"] >= 1
-    assert selectors["interstitial.selector"]["visible"] == 0
+    assert selectors["interstitial.human_selector"]["matches"] >= 1
+    assert selectors["interstitial.human_selector"]["visible"] == 0
     assert selectors["results.item"]["matches"] == 0
 
     bad = subprocess.run([sys.executable, "-m", "services.crawler", "check-profile", "taobao",

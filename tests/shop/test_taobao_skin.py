@@ -42,10 +42,12 @@ def log_in(shop: ShopServer, client: httpx.Client) -> None:
 
 
 def test_guest_is_sent_to_a_login_page_with_hidden_captcha_markup(shop, tb):
-    home = soup(tb.get("/www.taobao.com/"))
-    form = home.select_one("form.search-suggest-combobox")
-    assert form["action"] == "/s.taobao.com/search" and form["target"] == "_blank"
-    assert form.select_one("input#q") and form.select_one("button.btn-search")
+    home = tb.get("/www.taobao.com/")
+    # The box is drawn by the page's script after loading (not in the document), into a form
+    # that opens the results in a new tab.
+    assert soup(home).select_one("input#q") is None
+    assert soup(home).select_one("#J_SearchForm") is not None
+    assert "form.target = '_blank'" in home.text and "e.isTrusted" in home.text
     assert {"cookie2", "_tb_token_"} <= set(tb.cookies)        # guests get these too
 
     search = tb.get("/s.taobao.com/search", params={"q": QUERY})
@@ -95,12 +97,14 @@ def test_iframe_login_and_soft_reauth(shop, tb):
     assert button.get_text() == "快速进入"
     back = tb.get(button["href"])
     assert back.status_code == 302 and back.headers["location"].startswith("/s.taobao.com/search")
-    assert tb.get("/s.taobao.com/search", params={"q": QUERY}).status_code == 200
+    assert tb.get("/s.taobao.com/search", params={"q": QUERY},
+                  headers={"Referer": shop.url("/www.taobao.com/")}).status_code == 200
 
 
 def test_results_come_from_the_api_with_thumbnails_and_originals(shop, tb):
     log_in(shop, tb)
-    page = tb.get("/s.taobao.com/search", params={"q": QUERY, "page": "3"})
+    page = tb.get("/s.taobao.com/search", params={"q": QUERY, "page": "3"},
+                  headers={"Referer": shop.url("/www.taobao.com/")})
     shell = soup(page)
     assert shell.select_one("#content_items_wrapper") is not None
     assert shell.select("#content_items_wrapper a") == []         # cards come later
@@ -132,24 +136,74 @@ def test_results_come_from_the_api_with_thumbnails_and_originals(shop, tb):
     assert tb.get("/s.taobao.com/api/items", params={"q": QUERY}).json()["items"] == []
 
 
-def test_rate_cap_brings_the_slider_until_it_is_passed(shop, tb):
+HAND = {"trusted_moves": 24, "untrusted": 0, "off_track": 0, "duration_ms": 640.0, "reached_end": True}
+
+
+def test_rate_cap_brings_the_slider_which_only_a_hands_drag_lifts(shop, tb):
     log_in(shop, tb)
     switches(tb, page_cap=2)
     for _ in range(2):
         assert tb.get("/s.taobao.com/api/items", params={"q": QUERY}).json()["items"]
     blocked = tb.get("/s.taobao.com/api/items", params={"q": QUERY}).json()
-    assert "/_____tmd_____/punish?" in blocked["punish"]
-    punish = soup(tb.get(blocked["punish"]))
-    assert punish.select_one("#nc_1_wrapper #nc_1_n1z") is not None
+    assert "/_____tmd_____/punish?" in blocked["punish"] and blocked["challenge"] == "dialog"
+    punish = tb.get(blocked["punish"])
+    assert soup(punish).select_one("#nc_1_wrapper") is not None
+    assert "e.isTrusted" in punish.text             # the knob is drawn by script, trusting only a hand
     assert tb.get("/s.taobao.com/_____tmd_____/punish/status").json() == {"blocked": True}
     assert "punish" in tb.get("/s.taobao.com/api/items", params={"q": QUERY}).json()   # stays
-    assert tb.post("/s.taobao.com/_____tmd_____/punish/solve").json() == {"solved": True}
+    solve = "/s.taobao.com/_____tmd_____/punish/solve"
+    # A script's drag (untrusted events), a jump, a drag off the track: refused.
+    for bad in ({"untrusted": 3}, {"trusted_moves": 1}, {"off_track": 2}, {"reached_end": False},
+                {"duration_ms": 5.0}):
+        assert tb.post(solve, json={**HAND, **bad}).json() == {"solved": False}
+    assert tb.post(solve).status_code == 422
+    assert tb.get("/s.taobao.com/_____tmd_____/punish/status").json() == {"blocked": True}
+    assert tb.post(solve, json=HAND).json() == {"solved": True}
     assert tb.get("/s.taobao.com/_____tmd_____/punish/status").json() == {"blocked": False}
     assert tb.get("/s.taobao.com/api/items", params={"q": QUERY}).json()["items"]
+    assert tb.post("/_test/taobao/solve-all").status_code in (404, 405)   # nothing else lifts it
 
     switches(tb, busy_dialog=1, page_cap=0)
-    assert tb.get("/s.taobao.com/api/items", params={"q": QUERY}).json()["busy"] is True
-    assert tb.get("/s.taobao.com/api/items", params={"q": QUERY}).json()["busy"] is False
+    assert tb.get("/s.taobao.com/api/items", params={"q": QUERY}).json()["busy"] == "访问太频繁"
+    assert tb.get("/s.taobao.com/api/items", params={"q": QUERY}).json()["busy"] is None
+
+
+def test_per_account_limit_answers_with_the_frequency_dialog(shop, tb):
+    log_in(shop, tb)
+    switches(tb, busy_cap=2, page_cap=0, busy_text="操作太频繁", busy_close="button")
+    for _ in range(2):
+        assert tb.get("/s.taobao.com/api/items", params={"q": QUERY}).json()["busy"] is None
+    third = tb.get("/s.taobao.com/api/items", params={"q": QUERY}).json()
+    assert third["busy"] == "操作太频繁" and third["busy_close"] == "button" and third["items"]
+
+
+def test_a_direct_search_url_is_a_risk_signal_and_each_challenge_form(shop, tb):
+    log_in(shop, tb)
+    home = shop.url("/www.taobao.com/")
+    ok = tb.get("/s.taobao.com/search", params={"q": QUERY}, headers={"Referer": home})
+    assert ok.status_code == 200 and soup(ok).select_one("#content_items_wrapper") is not None
+    assert tb.get("/s.taobao.com/_____tmd_____/punish/status").json() == {"blocked": False}
+    # Straight to the search URL (no page of the site before it): the slider follows.
+    tb.get("/s.taobao.com/search", params={"q": QUERY})
+    assert tb.get("/s.taobao.com/_____tmd_____/punish/status").json() == {"blocked": True}
+    assert "punish" in tb.get("/s.taobao.com/api/items", params={"q": QUERY}).json()
+    # The other forms of the same slider, at the search URL itself.
+    switches(tb, challenge="page")
+    page = tb.get("/s.taobao.com/search", params={"q": QUERY}, headers={"Referer": home})
+    assert page.status_code == 302 and "/_____tmd_____/punish?" in page.headers["location"]
+    top = tb.get(page.headers["location"])
+    assert "<title>验证码拦截</title>" in top.text and "/s.taobao.com/search?q=" in top.text
+    switches(tb, challenge="inline")
+    inline = tb.get("/s.taobao.com/search", params={"q": QUERY}, headers={"Referer": home})
+    assert inline.status_code == 200 and "<title>验证码拦截</title>" in inline.text
+    switches(tb, challenge="unrendered")
+    late = tb.get("/s.taobao.com/search", params={"q": QUERY}, headers={"Referer": home})
+    assert "验证码拦截" not in late.text and "setTimeout(draw, 3000)" in late.text
+    assert soup(late).select_one(".nc-container #nc_1_n1z") is None   # the knob comes later
+    assert tb.post("/s.taobao.com/_____tmd_____/punish/solve", json=HAND).json() == {"solved": True}
+    switches(tb, challenge="dialog")
+    assert soup(tb.get("/s.taobao.com/search", params={"q": QUERY}, headers={"Referer": home})
+                ).select_one("#content_items_wrapper") is not None
 
 
 def test_bad_switches_are_refused(shop, tb):

@@ -7,7 +7,7 @@
   var container = document.getElementById("ranks");
   var connection = document.getElementById("login-connection");
   var LABELS = {starting: "starting", waiting_for_scan: "waiting for scan", logged_in: "logged in",
-                expired: "code expired", error: "error"};
+                expired: "code expired", error: "error", needs_human: "needs you"};
   var expiries = {};  // rank -> browser time (ms) at which its code expires
 
   function card(rank) {

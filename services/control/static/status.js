@@ -11,7 +11,7 @@
   var KIND_LABELS = {train: "training", single: "prediction", ensemble: "ensemble", online: "test-time online",
                      index: "gallery index"};
   var LOGIN_LABELS = {starting: "starting", waiting_for_scan: "waiting for scan", logged_in: "logged in",
-                      expired: "code expired", error: "error"};
+                      expired: "code expired", error: "error", needs_human: "needs you"};
 
   function $(id) { return document.getElementById(id); }
   function fetchJson(url) {
@@ -145,7 +145,8 @@
         var a = login.appendChild(document.createElement("a"));
         a.className = "qr-link";
         a.href = r.login_url;
-        a.textContent = r.state === "waiting_for_scan" ? "scan its QR" : "open login";
+        a.textContent = r.state === "waiting_for_scan" ? "scan its QR"
+          : r.state === "needs_human" ? "pass its check (live view)" : "open login";
       }
       var rate = td(tr, F.num(r.pages_per_min), "num rate");
       var bar = rate.appendChild(document.createElement("meter"));
