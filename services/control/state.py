@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import redis as redis_lib
 import redis.asyncio as aioredis
@@ -9,7 +10,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from celery import Celery
-from fastapi import Request
+from fastapi import Depends, Request
 
 from shared import redis_keys
 from shared.jobs import JobStore
@@ -102,3 +103,7 @@ class ControlState:
 
 def get_state(request: Request) -> ControlState:
     return request.app.state.control
+
+
+# What every route that needs the service's clients declares: ``state: StateDep``.
+StateDep = Annotated[ControlState, Depends(get_state)]
