@@ -28,10 +28,6 @@ RECORD_UPDATE_S = 0.5
 MAX_PENDING_EVENTS = 50_000
 
 
-class RunnerStopping(Exception):
-    """The worker is shutting down while a job runs."""
-
-
 def latest_checkpoint(spec: TrainSpec, data_root: Path, name: str) -> Path | None:
     path = spec.output_dir(data_root, name) / "checkpoints" / "epoch_latest.pt"
     return path if path.is_file() else None
@@ -143,7 +139,6 @@ class JobExecution:
         except Exception as exc:
             return self._launch_failed(exc)
         tail = EventFileTail(events_path)
-        outcome: tuple[str, str] | None = None
         last_update = 0.0
         try:
             self.outage.call(self.store.update, self.job_id, runner_pgid=proc.pgid)
@@ -167,35 +162,38 @@ class JobExecution:
                     time.sleep(self.outage.failed(exc))
                     continue
                 self.outage.recovered()
-                if exited is not None:
-                    proc.wait_output()
-                    self._collect(tail, proc)
-                    self.outage.call(self._flush)
-                    outcome = self._outcome(exited, proc, record)
-                    break
+                if exited is None and not cancel and not self.stopping.is_set():
+                    time.sleep(self.settings.poll_s)
+                    continue
                 if cancel:
                     self._log("info", "cancel requested: stopping the job's processes")
-                    proc.stop(self.settings.stop_grace_s)
-                    self._collect(tail, proc)
-                    self.outage.call(self._flush)
-                    outcome = ("cancelled", "cancelled by request")
-                    break
-                if self.stopping.is_set():
-                    proc.stop(self.settings.stop_grace_s)
-                    self._collect(tail, proc)
-                    self.outage.call(self._flush)
-                    return self._requeue_or_fail(record, "the runner was shut down mid-job")
-                time.sleep(self.settings.poll_s)
+                self._end_run(tail, proc, stop=exited is None)
+                break
         except BaseException:
             proc.stop(self.settings.stop_grace_s)
             raise
-        state, reason = outcome
+        if exited is not None:
+            state, reason = self._outcome(exited, proc, record)
+        elif cancel:
+            state, reason = "cancelled", "cancelled by request"
+        else:
+            return self._requeue_or_fail(record, "the runner was shut down mid-job")
         if state == "succeeded" and isinstance(record.spec, PredictSpec):
             state, reason = self._evaluate(record)
         return self._finish(state, reason, log_tail=list(proc.tail) if state == "failed" else None)
 
     def _launch_failed(self, exc: Exception) -> str:
         return self._finish("failed", f"could not launch the job: {type(exc).__name__}: {exc}"[:2000])
+
+    def _end_run(self, tail: EventFileTail, proc: JobProcess, *, stop: bool) -> None:
+        """The run is over (``stop``: it is stopped here): its processes are gone, and what it
+        wrote and printed last is in the job's stream (waiting out a Redis outage)."""
+        if stop:
+            proc.stop(self.settings.stop_grace_s)
+        else:
+            proc.wait_output()
+        self._collect(tail, proc)
+        self.outage.call(self._flush)
 
     def _collect(self, tail: EventFileTail, proc: JobProcess) -> None:
         """Takes what the trainer wrote and printed since the last call (no Redis needed)."""
