@@ -92,10 +92,11 @@ class JobExecution:
             record = self.store.get(self.job_id)
         except JobNotFound:
             return "unknown"
+        if self.node_rank > 0:
+            # Node 0 may have started the job already: a node that joins it never runs it itself.
+            return self._run_follower(record)
         if record.state != "queued":
             return record.state  # cancelled before it started, or a duplicate delivery
-        if self.node_rank > 0:
-            return self._run_follower(record)
         try:
             record = self.store.transition(
                 self.job_id, "running", runner_host=self.settings.host, runner_pid=os.getpid(),
@@ -307,6 +308,9 @@ class JobExecution:
             # Node 0 owns the record: it stops the job when this node never joins.
             self._log("error", f"node {self.node_rank} could not launch: {type(exc).__name__}: {exc}"[:2000])
             return self.outage.call(self.store.get, self.job_id).state
+        # The job's stream tells when each node ran and how it ended (only node 0's trainer
+        # writes events; the others' output stays in output-node<R>.log).
+        self._log("info", f"node {self.node_rank} launch: " + " ".join(argv)[:4000])
         while proc.poll() is None:
             try:
                 cancel = self.store.cancel_requested(self.job_id)
@@ -317,6 +321,12 @@ class JobExecution:
                 proc.stop(self.settings.stop_grace_s)
                 break
             time.sleep(self.settings.poll_s)
+        proc.wait_output()
+        code = proc.poll()
+        ended = f"node {self.node_rank} ended with exit status {code}"
+        if code:
+            ended += ": " + (_last_error_line(list(proc.tail)) or "no error line in its output")
+        self._log("info" if code == 0 else "warning", ended[:2000])
         return self.outage.call(self.store.get, self.job_id).state
 
 
