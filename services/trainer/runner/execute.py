@@ -24,6 +24,8 @@ from services.trainer.runner.settings import RunnerSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 RECORD_UPDATE_S = 0.5
+# What requeue_or_fail answers for a job another runner has just re-queued.
+QUEUED_ELSEWHERE = "queued by another runner"
 # Events kept while Redis is away; beyond this the oldest are dropped (and that is reported).
 MAX_PENDING_EVENTS = 50_000
 
@@ -333,7 +335,9 @@ class JobExecution:
 def requeue_or_fail(store: JobStore, settings: RunnerSettings, record: JobRecord, why: str) -> str:
     """A running job lost its runner: run it again (training from its latest checkpoint) when
     the spec allows and attempts remain, otherwise fail it with the reason. Returns the new
-    state; the caller sends the task again when it is ``queued``."""
+    state; the caller sends the job's tasks again when it is ``queued``, which it is only when
+    this call queued it (a job another runner re-queued first is ``QUEUED_ELSEWHERE``: its
+    tasks are sent already, and a second set would start a node twice)."""
     spec = record.spec
     if spec.auto_resume and record.attempts < settings.max_attempts:
         resume_from = ""
@@ -348,7 +352,7 @@ def requeue_or_fail(store: JobStore, settings: RunnerSettings, record: JobRecord
                              runner_pid=0, runner_pgid=0, heartbeat_at=None)
             return "queued"
         except InvalidTransition as exc:
-            return exc.current
+            return QUEUED_ELSEWHERE if exc.current == "queued" else exc.current
     try:
         store.transition(record.id, "failed", reason=why, allowed_from=["running"])
         return "failed"
