@@ -6,7 +6,7 @@ import hmac
 from typing import Annotated
 
 import redis as redis_lib
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 from services.control.throttle import FailureThrottle
