@@ -139,6 +139,7 @@ def read_record(job_id: str, data: dict[Any, Any]) -> "JobRecord":
 class InvalidTransition(RuntimeError):
     def __init__(self, job_id: str, current: str, wanted: str):
         super().__init__(f"job {job_id} is {current}; it cannot become {wanted}")
+        self.job_id = job_id
         self.current = current
         self.wanted = wanted
 

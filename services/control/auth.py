@@ -91,10 +91,6 @@ def request_credential(headers: dict[str, str], token: str) -> str | None:
     return None
 
 
-def request_token_ok(headers: dict[str, str], token: str) -> bool:
-    return request_credential(headers, token) is not None
-
-
 def same_origin(headers: dict[str, str]) -> bool:
     """The request was sent by a page of this service: its Origin (or, without one, its
     Referer) names the host the request was sent to, port included."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import redis as redis_lib
 import redis.asyncio as aioredis
@@ -9,11 +10,11 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from celery import Celery
-from fastapi import Request
+from fastapi import Depends, Request
 
 from shared import redis_keys
 from shared.jobs import JobStore
-from shared.tasks import RUN_JOB_TASK
+from shared.tasks import RUN_JOB_TASK, send_job
 from services.control.crawler_pool import PagesRate
 from services.control.followers import FollowerHub
 from services.control.login_feed import LoginFeed
@@ -84,10 +85,7 @@ class ControlState:
         self.store.ensure_indexes()
 
     def send_job(self, job_id: str, nnodes: int) -> None:
-        """One task per node; node 0 keeps the record, the others join its rendezvous."""
-        for node_rank in range(nnodes):
-            self.celery.send_task(RUN_JOB_TASK, args=[job_id], kwargs={"node_rank": node_rank},
-                                  queue=redis_keys.GPU_QUEUE)
+        send_job(self.celery, job_id, nnodes)
 
     async def close(self) -> None:
         if self.followers is not None:
@@ -102,3 +100,7 @@ class ControlState:
 
 def get_state(request: Request) -> ControlState:
     return request.app.state.control
+
+
+# What every route that needs the service's clients declares: ``state: StateDep``.
+StateDep = Annotated[ControlState, Depends(get_state)]

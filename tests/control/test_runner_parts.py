@@ -1,17 +1,21 @@
 """The runner's parts on their own: the events-file tail, progress folding, the torchrun
-command, and that neither the control service nor the runner imports torch."""
+command, recovery of an orphaned job, and that neither the control service nor the runner
+imports torch."""
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
 
-from shared.jobs import JobRecord
+import psutil
+
+from shared.jobs import JobRecord, JobStore
 from shared.jobspec import TrainSpec
 from shared.messages import JobEvent
 from services.trainer.runner.events_tail import EventFileTail
-from services.trainer.runner.execute import build_command
+from services.trainer.runner.execute import QUEUED_ELSEWHERE, build_command, requeue_or_fail
 from services.trainer.runner.progress import ProgressTracker
+from services.trainer.runner.recovery import recover_orphans
 from services.trainer.runner.settings import RunnerSettings
 from tests.control.conftest import REPO_ROOT
 
@@ -85,3 +89,20 @@ def test_control_and_runner_do_not_import_torch():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == []
+
+
+def test_two_runners_recovering_one_orphan_queue_its_nodes_once(redis_client, tmp_path):
+    """Two runners find the same dead runner's job at once: one re-queues it and sends its
+    tasks; the other learns it is queued elsewhere and sends none (a second set of tasks would
+    start each node of a multi-node job twice)."""
+    store = JobStore(redis_client)
+    settings = RunnerSettings(data_root=tmp_path, host="this-machine")
+    record, _ = store.create(TrainSpec(train_data="d", nnodes=2))
+    dead = max(psutil.pids()) + 10_000
+    store.transition(record.id, "running", runner_host="this-machine", runner_pid=dead, attempts=1)
+    stale = store.get(record.id)
+    sent: list[str] = []
+    assert recover_orphans(store, settings, sent.append) == [(record.id, "queued")]
+    # The second runner read the job as running just before the first re-queued it.
+    assert requeue_or_fail(store, settings, stale, "runner died mid-job") == QUEUED_ELSEWHERE
+    assert sent == [record.id] and store.get(record.id).state == "queued"

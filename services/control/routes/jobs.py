@@ -10,12 +10,11 @@ from pydantic import BaseModel, Field
 from sse_starlette.sse import EventSourceResponse
 
 from shared import redis_keys
-from shared.jobs import (IdempotencyConflict, InvalidTransition, JobKind, JobNotFound, JobRecord,
-                         JobState, JobUnreadable, RunNameTaken, UnreadableJob, parse_event_fields)
+from shared.jobs import JobKind, JobNotFound, JobRecord, JobState, JobUnreadable, UnreadableJob
 from shared.jobspec import IDEMPOTENCY_PATTERN, IndexSpec, JobSpec, PredictSpec, TrainSpec
 from services.control.schemas import JobPublic, JobSummary, JobUnreadableSummary
 from services.control.security import COMMON_RESPONSES, bearer
-from services.control.state import ControlState, get_state
+from services.control.state import ControlState, StateDep
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 STREAM_ID_PATTERN = r"^(0|\d{1,20}-\d{1,20})$"
@@ -62,10 +61,7 @@ def _submit(state: ControlState, spec: JobSpec, key: str | None) -> tuple[JobRec
         refusal = None if known else _refusal(spec, root)
         if refusal is not None:
             raise refusal
-    try:
-        record, created = state.store.create(spec, idempotency_key=key)
-    except (IdempotencyConflict, RunNameTaken) as exc:
-        raise HTTPException(409, str(exc)) from exc
+    record, created = state.store.create(spec, idempotency_key=key)  # 409 on a conflict: errors.py
     if not created:
         return record, False
     try:
@@ -96,27 +92,27 @@ IdempotencyHeader = Annotated[str | None, Header(pattern=IDEMPOTENCY_PATTERN, al
 
 @router.post("/train", status_code=201, response_model=JobPublic, responses=_SUBMIT_RESPONSES,
              summary="Submit a training job")
-async def submit_train(spec: TrainSpec, response: Response, state: ControlState = Depends(get_state),
+async def submit_train(spec: TrainSpec, response: Response, state: StateDep,
                        idempotency_key: IdempotencyHeader = None) -> JobPublic:
     return await _create(spec, response, state, idempotency_key)
 
 
 @router.post("/predict", status_code=201, response_model=JobPublic, responses=_SUBMIT_RESPONSES,
              summary="Submit a prediction job (single, ensemble or ensemble-last)")
-async def submit_predict(spec: PredictSpec, response: Response, state: ControlState = Depends(get_state),
+async def submit_predict(spec: PredictSpec, response: Response, state: StateDep,
                          idempotency_key: IdempotencyHeader = None) -> JobPublic:
     return await _create(spec, response, state, idempotency_key)
 
 
 @router.post("/index", status_code=201, response_model=JobPublic, responses=_SUBMIT_RESPONSES,
              summary="Submit a gallery index build (embeddings and a FAISS index for search)")
-async def submit_index(spec: IndexSpec, response: Response, state: ControlState = Depends(get_state),
+async def submit_index(spec: IndexSpec, response: Response, state: StateDep,
                        idempotency_key: IdempotencyHeader = None) -> JobPublic:
     return await _create(spec, response, state, idempotency_key)
 
 
 @router.get("", response_model=JobList, responses={401: {"model": ErrorBody}}, summary="List jobs, newest first")
-async def list_jobs(state: ControlState = Depends(get_state),
+async def list_jobs(state: StateDep,
                     job_state: Annotated[JobState | None, Query(alias="state")] = None,
                     kind: JobKind | None = None,
                     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -132,62 +128,37 @@ async def list_jobs(state: ControlState = Depends(get_state),
                          else JobSummary.from_record(r) for r in records], total=total)
 
 
-def _get(state: ControlState, job_id: str) -> JobRecord:
-    try:
-        return state.store.get(job_id)
-    except JobNotFound as exc:
-        raise HTTPException(404, f"no job {job_id}") from exc
-    except JobUnreadable as exc:
-        raise HTTPException(409, str(exc)) from exc
-
-
 @router.get("/{job_id}", response_model=JobPublic, responses={**_ERRORS, **_UNREADABLE}, summary="One job")
-async def get_job(job_id: JobId, state: ControlState = Depends(get_state)) -> JobPublic:
-    return JobPublic.from_record(await run_in_threadpool(_get, state, job_id))
+async def get_job(job_id: JobId, state: StateDep) -> JobPublic:
+    return JobPublic.from_record(await run_in_threadpool(state.store.get, job_id))
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic,
              responses={**_ERRORS, 409: {"model": ErrorBody, "description": "The job already ended"}},
              summary="Cancel a job (a running one is stopped with its whole process group)")
-async def cancel_job(job_id: JobId, state: ControlState = Depends(get_state)) -> JobPublic:
-    def cancel() -> JobPublic:
-        try:
-            return JobPublic.from_record(state.store.request_cancel(job_id))
-        except JobNotFound as exc:
-            raise HTTPException(404, f"no job {job_id}") from exc
-        except JobUnreadable as exc:
-            raise HTTPException(409, str(exc)) from exc
-        except InvalidTransition as exc:
-            if exc.current == "unreadable":
-                raise HTTPException(409, f"the record of job {job_id} cannot be read: delete it") from exc
-            raise HTTPException(409, f"job {job_id} already {exc.current}") from exc
-    return await run_in_threadpool(cancel)
+async def cancel_job(job_id: JobId, state: StateDep) -> JobPublic:
+    return JobPublic.from_record(await run_in_threadpool(state.store.request_cancel, job_id))
 
 
 @router.delete("/{job_id}", status_code=204, response_class=Response,
                responses={**_ERRORS, 409: {"model": ErrorBody, "description": "The job has not ended (cancel it first)"}},
                summary="Delete a finished job's record and events")
-async def delete_job(job_id: JobId, state: ControlState = Depends(get_state)) -> Response:
+async def delete_job(job_id: JobId, state: StateDep) -> Response:
     def delete() -> None:
         try:
-            try:
-                state.store.get(job_id)
-                unreadable = False
-            except JobUnreadable:
-                unreadable = True  # whatever state it claims, nothing can run it: it may go
-            state.store.delete(job_id, unreadable=unreadable)
-        except JobNotFound as exc:
-            raise HTTPException(404, f"no job {job_id}") from exc
-        except InvalidTransition as exc:
-            raise HTTPException(409, f"job {job_id} is {exc.current}: cancel it first") from exc
+            state.store.get(job_id)
+            unreadable = False
+        except JobUnreadable:
+            unreadable = True  # whatever state it claims, nothing can run it: it may go
+        state.store.delete(job_id, unreadable=unreadable)
     await run_in_threadpool(delete)
     return Response(status_code=204)
 
 
 @router.get("/{job_id}/series", responses=_ERRORS, summary="Chart data of a job (folded from its events)")
-async def job_series(job_id: JobId, state: ControlState = Depends(get_state)) -> dict[str, Any]:
+async def job_series(job_id: JobId, state: StateDep) -> dict[str, Any]:
     if not await state.redis.exists(redis_keys.job(job_id)):
-        raise HTTPException(404, f"no job {job_id}")
+        raise JobNotFound(job_id)
     return await state.series.get(state.redis, job_id)
 
 
@@ -197,12 +168,12 @@ async def job_series(job_id: JobId, state: ControlState = Depends(get_state)) ->
                      "content": {"text/event-stream": {}}},
     503: {"model": ErrorBody, "description": "Too many event streams open (see the capacity in the docs)"}},
     summary="Follow a job's events (SSE)", response_class=EventSourceResponse)
-async def job_events(request: Request, job_id: JobId, state: ControlState = Depends(get_state),
+async def job_events(request: Request, job_id: JobId, state: StateDep,
                      after: Annotated[str | None, Query(pattern=STREAM_ID_PATTERN,
                                                         description="Resume after this event id")] = None,
                      last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None):
     if not await state.redis.exists(redis_keys.job(job_id)):
-        raise HTTPException(404, f"no job {job_id}")
+        raise JobNotFound(job_id)
     start = after or (last_event_id if last_event_id and re.match(STREAM_ID_PATTERN, last_event_id) else "0")
     refusal = state.followers.room_for(job_id)
     if refusal:

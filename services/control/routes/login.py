@@ -12,22 +12,23 @@ from sse_starlette.sse import EventSourceResponse
 from shared import redis_keys
 from services.control.crawler_pool import drop_dead_qr, login_views, ranks_alive
 from services.control.login_feed import SNAPSHOT
+from services.control.schemas import LoginView
 from services.control.security import COMMON_RESPONSES, bearer
-from services.control.state import ControlState, get_state
+from services.control.state import StateDep
 
 router = APIRouter(tags=["login"], dependencies=[Depends(bearer)], responses=COMMON_RESPONSES)
 Rank = Annotated[int, Path(ge=0, le=1_000_000, description="Crawler rank")]
 
 
-@router.get("/api/login", summary="Login state of every crawler rank")
-async def login_api(state: ControlState = Depends(get_state)) -> list[dict[str, Any]]:
+@router.get("/api/login", summary="Login state of every crawler rank", response_model=list[LoginView])
+async def login_api(state: StateDep) -> list[dict[str, Any]]:
     return await login_views(state.redis)
 
 
 @router.get("/login/{rank}/qr.png", summary="The QR code a crawler rank waits to have scanned",
             responses={200: {"content": {"image/png": {}}}, 404: {"description": "No code shown"}},
             response_class=Response)
-async def qr_png(rank: Rank, state: ControlState = Depends(get_state)) -> Response:
+async def qr_png(rank: Rank, state: StateDep) -> Response:
     if not (await ranks_alive(state.redis, [rank]))[rank]:
         await drop_dead_qr(state.redis, rank)
         raise HTTPException(404, f"rank {rank} is offline: no crawler holds it, so it shows no QR code")
@@ -40,7 +41,7 @@ async def qr_png(rank: Rank, state: ControlState = Depends(get_state)) -> Respon
 
 
 @router.get("/api/login/events", include_in_schema=False)
-async def login_events(request: Request, state: ControlState = Depends(get_state)):
+async def login_events(request: Request, state: StateDep):
     """A snapshot of every rank, then one event per rank whose state changes (the crawler
     publishes the rank number on a channel); re-sent in full now and then in case a
     notification was missed."""

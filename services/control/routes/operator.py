@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from services.control.crawler_pool import login_states
 from services.control.security import COMMON_RESPONSES, bearer
-from services.control.state import ControlState, get_state
+from services.control.state import ControlState, StateDep
 from shared import redis_keys
 from shared.messages import LiveFrame, OperatorInputBatch
 
@@ -45,7 +45,7 @@ async def _frame_meta(state: ControlState, rank: int) -> LiveFrame | None:
 
 
 @router.get("/api/operator/live", summary="Ranks whose page needs a person, with their live view")
-async def live_ranks(state: ControlState = Depends(get_state)) -> list[dict[str, Any]]:
+async def live_ranks(state: StateDep) -> list[dict[str, Any]]:
     """Every rank in ``needs_human`` with the live view's description (None until its first
     frame). Asking also tells idle ranks that someone has /login open."""
     await state.redis.set(redis_keys.crawler_login_watched(), "1", ex=WATCHED_TTL_S)
@@ -58,7 +58,7 @@ async def live_ranks(state: ControlState = Depends(get_state)) -> list[dict[str,
 @router.get("/api/operator/{rank}/frame.jpg", summary="The latest live frame of a rank",
             responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "No live view"}},
             response_class=Response)
-async def live_frame(rank: Rank, state: ControlState = Depends(get_state)) -> Response:
+async def live_frame(rank: Rank, state: StateDep) -> Response:
     data = await state.redis.hget(redis_keys.crawler_live(rank), "jpeg")
     if not data:
         raise HTTPException(404, f"rank {rank} shows no live view: its page needs nobody now")
@@ -72,7 +72,7 @@ async def live_frame(rank: Rank, state: ControlState = Depends(get_state)) -> Re
                         404: {"description": "No live view"},
                         409: {"description": "The check these events were meant for is over"}})
 async def relay_input(rank: Rank, batch: OperatorInputBatch,
-                      state: ControlState = Depends(get_state)) -> dict[str, int]:
+                      state: StateDep) -> dict[str, int]:
     meta = await _frame_meta(state, rank)
     if meta is None:
         raise HTTPException(404, f"rank {rank} shows no live view: its page needs nobody now")

@@ -6,13 +6,13 @@ import hmac
 from typing import Annotated
 
 import redis as redis_lib
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 from services.control.throttle import FailureThrottle
 
 from services.control.auth import COOKIE, session_value, sign_in_page
-from services.control.state import HEALTH_TIMEOUT_S, ControlState, get_state
+from services.control.state import HEALTH_TIMEOUT_S, ControlState, StateDep
 
 router = APIRouter(include_in_schema=False)
 
@@ -25,7 +25,7 @@ def _safe_next(path: str) -> str:
 
 
 @router.get("/healthz")
-async def healthz(state: ControlState = Depends(get_state)) -> JSONResponse:
+async def healthz(state: StateDep) -> JSONResponse:
     """Answers within about a second whatever Redis does: ``redis: false`` when it does not
     answer in HEALTH_TIMEOUT_S (the client's own timeouts; wait_for bounds a pool that is full
     of connections stuck on a frozen server)."""
@@ -46,9 +46,8 @@ def _throttle(request: Request, state: ControlState) -> FailureThrottle:
 
 
 @router.post("/auth/session")
-async def sign_in(request: Request, token: Annotated[str, Form(max_length=1024)] = "",
-                  next_path: Annotated[str, Form(alias="next", max_length=2048)] = "/status",
-                  state: ControlState = Depends(get_state)):
+async def sign_in(request: Request, state: StateDep, token: Annotated[str, Form(max_length=1024)] = "",
+                  next_path: Annotated[str, Form(alias="next", max_length=2048)] = "/status"):
     throttle = _throttle(request, state)
     client = request.client.host if request.client else "unknown"
     wait = throttle.retry_after(client)

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from services.control.security import bearer
-from services.control.state import ControlState, get_state
+from services.control.state import ControlState, StateDep
 
 # The search service's own API (docs/architecture.md, "Search"); not in this service's schema.
 router = APIRouter(include_in_schema=False, dependencies=[Depends(bearer)])
@@ -44,28 +44,28 @@ async def _forward(request: Request, state: ControlState, path: str) -> Response
 
 
 @router.get("/api/search")
-async def search_text(request: Request, state: ControlState = Depends(get_state)) -> Response:
+async def search_text(request: Request, state: StateDep) -> Response:
     return await _forward(request, state, "/api/search")
 
 
 @router.get("/api/search/indexes")
-async def search_indexes(request: Request, state: ControlState = Depends(get_state)) -> Response:
+async def search_indexes(request: Request, state: StateDep) -> Response:
     return await _forward(request, state, "/api/search/indexes")
 
 
 @router.post("/api/search/image")
-async def search_image(request: Request, state: ControlState = Depends(get_state)) -> Response:
+async def search_image(request: Request, state: StateDep) -> Response:
     return await _forward(request, state, "/api/search/image")
 
 
 @router.get("/api/search/thumbs/{index}/{image_id}")
 async def search_thumb(index: str, image_id: str, request: Request,
-                       state: ControlState = Depends(get_state)) -> Response:
+                       state: StateDep) -> Response:
     return await _forward(request, state, f"/api/search/thumbs/{quote(index, safe='')}/{quote(image_id, safe='')}")
 
 
 @router.get("/api/search/gallery-thumb")
-async def search_gallery_thumb(request: Request, state: ControlState = Depends(get_state)) -> Response:
+async def search_gallery_thumb(request: Request, state: StateDep) -> Response:
     return await _forward(request, state, "/api/search/gallery-thumb")
 
 

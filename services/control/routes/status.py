@@ -14,8 +14,9 @@ from shared.jobs import JOB_KINDS, STATES
 from services.control.crawler_pool import crawler_pool
 from services.control.job_view import job_run, view_kind
 from services.control.routes.jobs import JOB_ID_PATTERN
+from services.control.schemas import StatusAnswer, StatusJob
 from services.control.security import COMMON_RESPONSES, bearer
-from services.control.state import ControlState, get_state
+from services.control.state import ControlState, StateDep
 
 router = APIRouter(tags=["status"], dependencies=[Depends(bearer)], responses=COMMON_RESPONSES)
 _SUMMARY_FIELDS = ("id", "kind", "state", "reason", "created_at", "updated_at", "started_at",
@@ -57,7 +58,9 @@ def _summary(job_id: str, values: Any) -> dict[str, Any] | None:
     if values[0] is None:  # the record is gone
         return None
     try:
-        return _readable_summary(values)
+        summary = _readable_summary(values)
+        StatusJob.model_validate(summary)  # what /docs promises of a job holds (else: unreadable)
+        return summary
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         return _unreadable(job_id, f"{type(exc).__name__}: {exc}")
 
@@ -125,8 +128,8 @@ class StatusCache:
 
 
 @router.get("/api/status", summary="Jobs with their latest figures and the crawler pool",
-            response_model=dict[str, Any])
-async def status_data(request: Request, state: ControlState = Depends(get_state),
+            response_model=StatusAnswer)
+async def status_data(request: Request, state: StateDep,
                       limit: Annotated[int | None, Query(ge=1, le=1000)] = None) -> Response:
     """The newest jobs (each with its latest figures: phase, step, loss, validation, online
     counters, ETA) and the crawler pool (ranks, login state, pages per minute, queue depth)."""

@@ -17,7 +17,7 @@ from celery import Celery, signals
 
 from shared import redis_keys
 from shared.jobs import JobStore
-from shared.tasks import RUN_JOB_TASK
+from shared.tasks import RUN_JOB_TASK, send_job
 from services.trainer.runner.execute import JobExecution
 from services.trainer.runner.recovery import recover_orphans
 from services.trainer.runner.settings import RunnerSettings
@@ -48,16 +48,19 @@ def store() -> JobStore:
     return _store
 
 
-def resubmit(job_id: str, node_rank: int = 0) -> None:
-    app.send_task(RUN_JOB_TASK, args=[job_id], kwargs={"node_rank": node_rank},
-                  queue=redis_keys.GPU_QUEUE)
+def resubmit(job_id: str) -> None:
+    """Queues a job handed back to the queue again, with a task for each of its nodes (the
+    other nodes' runners left it when node 0's did)."""
+    send_job(app, job_id, store().get(job_id).spec.nnodes)
 
 
 @app.task(name=RUN_JOB_TASK, bind=True)
 def run_job(self, job_id: str, node_rank: int = 0) -> str:
     state = JobExecution(store(), settings, job_id, _stopping, node_rank=node_rank).run()
-    if state == "queued":
-        resubmit(job_id)  # handed back (worker shutting down): another runner picks it up
+    if state == "queued" and node_rank == 0:
+        # Handed back (worker shutting down): other runners pick it up. Only node 0 hands a
+        # job back; another node that finds it queued has merely lost its peers.
+        resubmit(job_id)
     log.info("job %s finished as %s", job_id, state)
     return state
 

@@ -24,12 +24,10 @@ from services.trainer.runner.settings import RunnerSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 RECORD_UPDATE_S = 0.5
+# What requeue_or_fail answers for a job another runner has just re-queued.
+QUEUED_ELSEWHERE = "queued by another runner"
 # Events kept while Redis is away; beyond this the oldest are dropped (and that is reported).
 MAX_PENDING_EVENTS = 50_000
-
-
-class RunnerStopping(Exception):
-    """The worker is shutting down while a job runs."""
 
 
 def latest_checkpoint(spec: TrainSpec, data_root: Path, name: str) -> Path | None:
@@ -96,10 +94,11 @@ class JobExecution:
             record = self.store.get(self.job_id)
         except JobNotFound:
             return "unknown"
+        if self.node_rank > 0:
+            # Node 0 may have started the job already: a node that joins it never runs it itself.
+            return self._run_follower(record)
         if record.state != "queued":
             return record.state  # cancelled before it started, or a duplicate delivery
-        if self.node_rank > 0:
-            return self._run_follower(record)
         try:
             record = self.store.transition(
                 self.job_id, "running", runner_host=self.settings.host, runner_pid=os.getpid(),
@@ -143,7 +142,6 @@ class JobExecution:
         except Exception as exc:
             return self._launch_failed(exc)
         tail = EventFileTail(events_path)
-        outcome: tuple[str, str] | None = None
         last_update = 0.0
         try:
             self.outage.call(self.store.update, self.job_id, runner_pgid=proc.pgid)
@@ -167,35 +165,38 @@ class JobExecution:
                     time.sleep(self.outage.failed(exc))
                     continue
                 self.outage.recovered()
-                if exited is not None:
-                    proc.wait_output()
-                    self._collect(tail, proc)
-                    self.outage.call(self._flush)
-                    outcome = self._outcome(exited, proc, record)
-                    break
+                if exited is None and not cancel and not self.stopping.is_set():
+                    time.sleep(self.settings.poll_s)
+                    continue
                 if cancel:
                     self._log("info", "cancel requested: stopping the job's processes")
-                    proc.stop(self.settings.stop_grace_s)
-                    self._collect(tail, proc)
-                    self.outage.call(self._flush)
-                    outcome = ("cancelled", "cancelled by request")
-                    break
-                if self.stopping.is_set():
-                    proc.stop(self.settings.stop_grace_s)
-                    self._collect(tail, proc)
-                    self.outage.call(self._flush)
-                    return self._requeue_or_fail(record, "the runner was shut down mid-job")
-                time.sleep(self.settings.poll_s)
+                self._end_run(tail, proc, stop=exited is None)
+                break
         except BaseException:
             proc.stop(self.settings.stop_grace_s)
             raise
-        state, reason = outcome
+        if exited is not None:
+            state, reason = self._outcome(exited, proc, record)
+        elif cancel:
+            state, reason = "cancelled", "cancelled by request"
+        else:
+            return self._requeue_or_fail(record, "the runner was shut down mid-job")
         if state == "succeeded" and isinstance(record.spec, PredictSpec):
             state, reason = self._evaluate(record)
         return self._finish(state, reason, log_tail=list(proc.tail) if state == "failed" else None)
 
     def _launch_failed(self, exc: Exception) -> str:
         return self._finish("failed", f"could not launch the job: {type(exc).__name__}: {exc}"[:2000])
+
+    def _end_run(self, tail: EventFileTail, proc: JobProcess, *, stop: bool) -> None:
+        """The run is over (``stop``: it is stopped here): its processes are gone, and what it
+        wrote and printed last is in the job's stream (waiting out a Redis outage)."""
+        if stop:
+            proc.stop(self.settings.stop_grace_s)
+        else:
+            proc.wait_output()
+        self._collect(tail, proc)
+        self.outage.call(self._flush)
 
     def _collect(self, tail: EventFileTail, proc: JobProcess) -> None:
         """Takes what the trainer wrote and printed since the last call (no Redis needed)."""
@@ -309,6 +310,9 @@ class JobExecution:
             # Node 0 owns the record: it stops the job when this node never joins.
             self._log("error", f"node {self.node_rank} could not launch: {type(exc).__name__}: {exc}"[:2000])
             return self.outage.call(self.store.get, self.job_id).state
+        # The job's stream tells when each node ran and how it ended (only node 0's trainer
+        # writes events; the others' output stays in output-node<R>.log).
+        self._log("info", f"node {self.node_rank} launch: " + " ".join(argv)[:4000])
         while proc.poll() is None:
             try:
                 cancel = self.store.cancel_requested(self.job_id)
@@ -319,13 +323,21 @@ class JobExecution:
                 proc.stop(self.settings.stop_grace_s)
                 break
             time.sleep(self.settings.poll_s)
+        proc.wait_output()
+        code = proc.poll()
+        ended = f"node {self.node_rank} ended with exit status {code}"
+        if code:
+            ended += ": " + (_last_error_line(list(proc.tail)) or "no error line in its output")
+        self._log("info" if code == 0 else "warning", ended[:2000])
         return self.outage.call(self.store.get, self.job_id).state
 
 
 def requeue_or_fail(store: JobStore, settings: RunnerSettings, record: JobRecord, why: str) -> str:
     """A running job lost its runner: run it again (training from its latest checkpoint) when
     the spec allows and attempts remain, otherwise fail it with the reason. Returns the new
-    state; the caller sends the task again when it is ``queued``."""
+    state; the caller sends the job's tasks again when it is ``queued``, which it is only when
+    this call queued it (a job another runner re-queued first is ``QUEUED_ELSEWHERE``: its
+    tasks are sent already, and a second set would start a node twice)."""
     spec = record.spec
     if spec.auto_resume and record.attempts < settings.max_attempts:
         resume_from = ""
@@ -340,7 +352,7 @@ def requeue_or_fail(store: JobStore, settings: RunnerSettings, record: JobRecord
                              runner_pid=0, runner_pgid=0, heartbeat_at=None)
             return "queued"
         except InvalidTransition as exc:
-            return exc.current
+            return QUEUED_ELSEWHERE if exc.current == "queued" else exc.current
     try:
         store.transition(record.id, "failed", reason=why, allowed_from=["running"])
         return "failed"
