@@ -175,7 +175,8 @@ def test_a_killed_runner_leaves_no_job_running(redis_url, shared_root, redis_cli
             deadline = time.monotonic() + 240
             while time.monotonic() < deadline:
                 job = client.get(f"/jobs/{resumed['id']}").json()
-                if job["progress"].get("checkpoint") and job["state"] == "running":
+                # The step's own checkpoint is written first, then epoch_latest.pt (what a resume reads).
+                if (job["progress"].get("checkpoint") or "").endswith("epoch_latest.pt") and job["state"] == "running":
                     break
                 time.sleep(0.3)
             second.kill()
