@@ -34,12 +34,16 @@ ReportTo = Literal["none", "tensorboard"]  # experiment loggers a training run a
 
 DEFAULT_MAX_EPOCHS = 32  # Chinese-CLIP's default when neither length is given
 # Online steps per training step (online_step_ratio's default; docs/architecture.md says why).
-# Active crawling (services/trainer/online/active.py): what `online_crawl_share auto` means. In
-# training, half the queries gained as much as all of them on the efficacy grid; at test time
-# every query gained more (docs/architecture.md, "Online learning: what pays").
+ONLINE_STEP_RATIO = 0.25
+# What `auto` means for the levers whose best value differs between training and test time, as
+# the efficacy grid measured them (docs/architecture.md, "Online learning: what pays"). Active
+# crawling (services/trainer/online/active.py): in training half the queries gained as much as
+# all of them; at test time every query gained more. Replay: at test time two offline pairs per
+# crawled pair kept every seen concept (none lost MR) for the same unseen gain; in training one.
 ONLINE_CRAWL_SHARE_TRAINING = 0.5
 ONLINE_CRAWL_SHARE_TEST_TIME = None
-ONLINE_STEP_RATIO = 0.25
+ONLINE_REPLAY_TRAINING = 1.0
+ONLINE_REPLAY_TEST_TIME = 2.0
 
 # ---- model names ---------------------------------------------------------------------------
 # The towers this build has configurations for (services/trainer/model/configs.py holds their
@@ -187,10 +191,11 @@ class OnlineOptions(_Options):
         3, ge=1, le=20,
         description="keep the N crawled images of a query that agree most with its other images (image "
                     "embeddings), dropping outliers such as wrong items; none: keep every image")
-    online_replay: float = Field(
-        1.0, ge=0, le=16,
+    online_replay: Annotated[float, Field(ge=0, le=16)] | Literal["auto"] = Field(
+        "auto",
         description="offline pairs mixed into each online step per crawled pair, so the model keeps what it "
-                    "knew (training: from train_data; test time: from online_replay_data); 0: none")
+                    "knew (training: from train_data; test time: from online_replay_data); 0: none; auto: "
+                    f"{ONLINE_REPLAY_TRAINING:g} in training, {ONLINE_REPLAY_TEST_TIME:g} at test time")
     online_replay_data: PathText | None = Field(
         None, json_schema_extra=INPUT,
         description="test time: LMDB split of offline pairs to replay (e.g. the training split); none: no replay")
@@ -205,6 +210,13 @@ class OnlineOptions(_Options):
         1.0, gt=0, le=1,
         description="test time: keep this share of the change adaptation made to the weights (w0 + a (w - w0), "
                     "as WiSE-FT); 1: the adapted weights as they are")
+
+
+def replay_ratio(setting: float | str, *, test_time: bool) -> float:
+    """Offline pairs replayed per crawled pair in an online step."""
+    if setting == "auto":
+        return ONLINE_REPLAY_TEST_TIME if test_time else ONLINE_REPLAY_TRAINING
+    return float(setting)
 
 
 def crawl_share(setting: float | str | None, *, test_time: bool) -> float | None:

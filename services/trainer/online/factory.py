@@ -20,7 +20,7 @@ from services.trainer.engine.distributed import DistEnv
 from services.trainer.engine.step import StepRunner
 from shared import layout
 from shared.image_cache import ImageCache
-from shared.options import PredictOptions, TrainOptions, crawl_share
+from shared.options import PredictOptions, TrainOptions, crawl_share, replay_ratio
 from shared.settings import common_settings
 
 log = logging.getLogger("cnclip.online")
@@ -58,17 +58,19 @@ def build_learner(options: TrainOptions | PredictOptions, env: DistEnv, runner: 
                          redis_url=common_settings().redis_url if options.online == "live" else None,
                          request_ttl_s=REQUEST_TTL_S, guard=guard)
     replay = None
-    if replay_data and options.online_replay > 0:
+    test_time = schedule is None
+    replay_per_pair = replay_ratio(options.online_replay, test_time=test_time)
+    if replay_data and replay_per_pair > 0:
         replay = ReplayPairs(replay_data, resolution, options.context_length, options.seed, env.rank)
     crawl = None
     if options.online == "live":  # from the cache nothing is asked of a crawler
-        share = crawl_share(options.online_crawl_share, test_time=schedule is None)
+        share = crawl_share(options.online_crawl_share, test_time=test_time)
         crawl = chooser_from(share, lambda: LmdbSplit(replay_data).texts(),
                              lambda split, query: query in ImageCache(cache_dir, split), replay_data)
     levers = Levers(budget=StepBudget(options.online_step_ratio, start_step, schedule=schedule,
                                       test_steps=options.online_batch_steps),
                     cycle_images=options.online_cycle_images, keep_images=options.online_keep_images,
-                    replay=replay, replay_ratio=options.online_replay, crawl=crawl)
+                    replay=replay, replay_ratio=replay_per_pair, crawl=crawl)
     return OnlineLearner(source=source, runner=runner, env=env, transform=image_transform(resolution),
                          emit=emit, seed=options.seed, images_per_query=options.online_images,
                          login_timeout_s=options.online_login_timeout_s, image_index=image_index,

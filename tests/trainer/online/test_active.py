@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.trainer.online.active import CrawlChooser, chooser_from
-from shared.options import crawl_share
+from shared.options import crawl_share, replay_ratio
 
 TRAINING = ["红色条纹T恤", "红色纯色杯子", "蓝色条纹杯子", "蓝色纯色T恤", "绿色格子T恤"]
 
@@ -64,3 +64,17 @@ def test_auto_halves_the_crawl_in_training_and_crawls_everything_at_test_time():
     for bad in ("1.5", "0", "half"):
         with pytest.raises(ValidationError, match="online_crawl_share"):
             OnlineOptions(online_crawl_share=bad)
+
+
+def test_auto_replays_one_offline_pair_per_crawled_pair_in_training_and_two_at_test_time():
+    from pydantic import ValidationError
+
+    from shared.options import OnlineOptions
+
+    assert OnlineOptions().online_replay == "auto"
+    assert replay_ratio("auto", test_time=False) == 1.0 and replay_ratio("auto", test_time=True) == 2.0
+    assert OnlineOptions(online_replay="0").online_replay == 0.0  # as the command line gives it
+    assert replay_ratio(0.0, test_time=True) == 0.0
+    for bad in ("-1", "17", "lots"):
+        with pytest.raises(ValidationError, match="online_replay"):
+            OnlineOptions(online_replay=bad)
