@@ -182,8 +182,9 @@ def test_test_time_replay_mixes_offline_pairs_only_when_given_data(synthetic_dat
     plain = _events(without, "online_pass")
     replayed = _events(with_data, "online_pass")
     assert all(p["replay_pairs"] == 0 for p in plain)
-    # One offline pair per crawled pair in each of the pass's steps (the split is one batch).
-    assert [p["replay_pairs"] for p in replayed] == [p["pairs"] * p["steps"] for p in replayed]
+    # Test time replays two offline pairs per crawled pair (online_replay auto) in each of the
+    # pass's steps (the split is one batch).
+    assert [p["replay_pairs"] for p in replayed] == [2 * p["pairs"] * p["steps"] for p in replayed]
     assert all(p["steps"] > 0 for p in replayed)
 
 
