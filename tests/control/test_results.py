@@ -162,8 +162,17 @@ def test_results_page_shows_both_jobs_rows_with_the_truth_marked(servers, browse
         assert [s.find_element(By.CSS_SELECTOR, ".strip-label b").text for s in strips] == [jobs[1], jobs[2]]
         assert row.find_elements(By.CSS_SELECTOR, ".change")
     assert browser.find_elements(By.CSS_SELECTOR, "#results-rows figure.thumb.truth")
-    wait.until(lambda d: all(d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img)
-                             for img in d.find_elements(By.CSS_SELECTOR, "#results-rows .result-row img")[:40]))
+    # Thumbnails load lazily: bring the first two rows' pictures into view one by one (a picture
+    # whose load has started finishes off screen), wait until each has loaded or failed, then
+    # name any that failed.
+    pictures = [img for row in rows[:2] for img in row.find_elements(By.CSS_SELECTOR, "img")]
+    assert pictures
+    for img in pictures:
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", img)
+    wait.until(lambda d: all(d.execute_script("return arguments[0].complete", img) for img in pictures))
+    broken = [img.get_attribute("src") for img in pictures
+              if not browser.execute_script("return arguments[0].naturalWidth > 0", img)]
+    assert not broken, f"thumbnails that did not load: {broken}"
     assert "improved" in browser.find_element(By.ID, "results-summary").text
     screenshot(browser, tmp_path, "results-compare")
     # The job's panel on /status links here.
