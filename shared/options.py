@@ -24,6 +24,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 OnlineMode = Literal["off", "live", "cache"]
+OnlineSchedule = Literal["training", "validation"]  # when a training run takes its online steps
 Precision = Literal["amp", "bf16", "fp16", "fp32"]
 Device = Literal["auto", "cpu", "cuda"]
 AttnImplementation = Literal["sdpa", "eager", "flash_attention_2"]
@@ -173,13 +174,19 @@ class OnlineOptions(_Options):
         description="crawled-image cache (default: the data root's online_cache/)")
     # The levers that make online learning pay on every data set (docs/architecture.md, "Online
     # learning: what pays", holds the benchmark rows behind each default). The prototype's
-    # behaviour: online_step_ratio none, online_batch_steps 1, online_cycle_images off,
+    # behaviour: online_schedule validation, online_step_ratio none, online_batch_steps 1, online_cycle_images off,
     # online_keep_images none, online_replay 0, online_interpolate 1.
     online_step_ratio: Annotated[float | None, BeforeValidator(_none_word)] = Field(
         ONLINE_STEP_RATIO, ge=0, le=100,
         description="training: online steps per training step since the last validation pass, spread over "
                     "the pass's batches, so how much is learnt online does not depend on how often validation "
                     "runs; none: one step per validation batch (the prototype)")
+    online_schedule: OnlineSchedule = Field(
+        "training",
+        description="training: when the online steps are taken: training (each as soon as training steps have "
+                    "earned it, between them, on the next validation queries whose crawled images are in the "
+                    "cache, crawled from the job's start; validation passes then only measure), or validation "
+                    "(at each validation pass's batches, before each is embedded: the prototype)")
     online_batch_steps: int = Field(
         5, ge=1, le=100,
         description="test time: online steps per test batch in each pass (each on the next kept picture of every "
@@ -290,6 +297,10 @@ class TrainOptions(ModelOptions, OptimOptions, OnlineOptions):
             raise refuse(self, "valid_step_interval", "valid_step_interval needs val_data")
         if self.online != "off" and self.val_data is None:
             raise refuse(self, "online", f"online {self.online!r} learns during validation and needs val_data")
+        if self.online != "off" and self.online_schedule == "training" and self.online_step_ratio is None:
+            raise refuse(self, "online_schedule",
+                         "online_step_ratio none takes one online step per validation batch (the prototype), "
+                         "which needs online_schedule validation; give a ratio to learn during training")
         return self
 
 

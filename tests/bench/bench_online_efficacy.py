@@ -66,11 +66,14 @@ TINY = dict(vision_model="tiny", text_model="tiny", precision="fp32", device="cp
 # The prototype's online learning: one step per validation batch on each query's first picture
 # (test time: picture pass mod K), no filter, no replay, the adapted weights as they are.
 # Every query crawled (no active crawling).
-PROTOTYPE = dict(online_step_ratio=None, online_batch_steps=1, online_cycle_images=False, online_keep_images=None,
+PROTOTYPE = dict(online_schedule="validation", online_step_ratio=None, online_batch_steps=1, online_cycle_images=False, online_keep_images=None,
                  online_replay=0.0, online_interpolate=1.0, online_crawl_share=None)
 CRAWL_ALL = dict(online_crawl_share=None)
 CRAWL_HALF = dict(online_crawl_share=0.5)
-PRESETS: dict[str, dict[str, Any]] = {"default": {}, "prototype": PROTOTYPE, "all": CRAWL_ALL, "half": CRAWL_HALF}
+# The online steps at the validation passes' batches (the budget earned since the last pass).
+AT_VALIDATION = dict(online_schedule="validation")
+PRESETS: dict[str, dict[str, Any]] = {"default": {}, "prototype": PROTOTYPE, "all": CRAWL_ALL, "half": CRAWL_HALF,
+                                      "validation": AT_VALIDATION}
 # Targets over the grid (shares of the offline gap closed; MR points lost on seen concepts).
 TARGETS = {"online_closed_mean": 0.75, "online_closed_worst": 0.4, "online_seen_lost_max": 1.0,
            "tta_closed_mean": 0.75, "tta_closed_worst": 0.4, "tta_seen_lost_max": 2.0,

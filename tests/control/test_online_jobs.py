@@ -17,6 +17,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 ONLINE = {**TRAIN, "max_steps": 2, "valid_batch_size": 8, "online_wait_s": 120, "online_images": 2,
           "online_login_timeout_s": 300, "seed": 7,
           "online_step_ratio": 2.0}  # two training steps earn four online steps
+# The steps at the validation pass's batches, so a replay from the cache repeats them exactly.
+AT_VALIDATION = {**ONLINE, "online_schedule": "validation"}
 
 
 def _online_events(control, job_id: str) -> list[dict]:
@@ -39,7 +41,7 @@ def test_live_job_waits_for_login_learns_and_the_cache_replays_the_same_pairs(
     control, runner = stack
     crawler_workers(rank=0, mode="xvfb", wait_for=("waiting_for_scan", "logged_in"))
     with control.client() as client:
-        job = client.post("/jobs/train", json={**ONLINE, "online": "live", "name": "live-run"}).json()
+        job = client.post("/jobs/train", json={**AT_VALIDATION, "online": "live", "name": "live-run"}).json()
         waiting = _wait_progress(client, job["id"], "online_state", "waiting_for_login")
         assert waiting["state"] == "running", (waiting, runner.log_tail())
         assert waiting["progress"]["online_state"] == "waiting_for_login"
@@ -59,9 +61,30 @@ def test_live_job_waits_for_login_learns_and_the_cache_replays_the_same_pairs(
     assert passes[0]["skipped_active"] > 0 and len(cache.queries()) <= math.ceil(0.5 * distinct)
 
     with control.client() as client:  # no crawler is needed to replay the cache
-        replay = client.post("/jobs/train", json={**ONLINE, "online": "cache", "name": "cache-run"}).json()
+        replay = client.post("/jobs/train", json={**AT_VALIDATION, "online": "cache", "name": "cache-run"}).json()
         done = wait_for(client, replay["id"], {"succeeded", "failed", "cancelled"}, timeout=600, runner=runner)
         assert done["state"] == "succeeded", (done, runner.log_tail())
     cached = _online_events(control, replay["id"])
     assert [(o["batch"], o["pairs"], o["pairs_sha256"]) for o in cached] == \
         [(o["batch"], o["pairs"], o["pairs_sha256"]) for o in live]
+
+
+def test_by_default_the_steps_are_taken_during_training_and_validation_takes_those_still_owed(
+        stack, shared_root, shop, crawler_workers, crawl_client):  # noqa: F811
+    control, runner = stack
+    crawler_workers(rank=0, mode="xvfb", wait_for=("waiting_for_scan", "logged_in"))
+    log_in(crawl_client, shop, 0)
+    with control.client() as client:
+        job = client.post("/jobs/train", json={**ONLINE, "online": "live", "name": "default-run",
+                                               "max_steps": 6, "online_step_ratio": 1.0}).json()
+        done = wait_for(client, job["id"], {"succeeded", "failed", "cancelled"}, timeout=600, runner=runner)
+        assert done["state"] == "succeeded", (done, runner.log_tail())
+    events = sse_events(control, job["id"])
+    online = [e["data"] for e in events if e["type"] == "online"]
+    passes = [e["data"] for e in events if e["type"] == "online_pass"]
+    # Six training steps earn six online steps: taken between training steps once the pictures
+    # crawled from the job's start are in the cache, those still owed at the validation pass,
+    # which waits for them (a batch none of whose queries was crawled steps not); none twice.
+    assert 0 < sum(o["steps"] for o in online) <= 6 and all(o["pairs"] > 0 for o in online if o["steps"])
+    assert sum(p["steps"] for p in passes) == sum(o["steps"] for o in online)
+    assert ImageCache(shared_root / "online_cache", "valid").queries()

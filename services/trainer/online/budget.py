@@ -43,6 +43,12 @@ class StepBudget:
         if self.schedule is not None and len(earned):
             self.rate = sum(self.schedule(step) for step in earned) / len(earned)
 
+    def spread(self, steps: int, batches: int | None) -> None:
+        """A pass that takes ``steps`` steps over its ``batches`` batches, at the optimizer's
+        current rate (the steps owed when they were taken during training)."""
+        self.rate = None
+        self._per_batch = steps / batches if batches else 0.0
+
     def steps_for_batch(self) -> int:
         self._credit += self._per_batch
         steps = math.floor(self._credit + 1e-9)  # 1e-9: sums of thirds must not lose a step

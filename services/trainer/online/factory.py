@@ -15,7 +15,9 @@ from services.trainer.online.leakage import LeakageGuard
 from services.trainer.online.budget import StepBudget
 from services.trainer.online.learner import Levers, OnlineLearner
 from services.trainer.online.replay import ReplayPairs
-from services.trainer.online.sources import make_source
+from services.trainer.online.interleave import TrainingTimeSteps
+from services.trainer.online.sources import CacheSource, make_source
+from services.trainer.tokenizer import tokenize
 from services.trainer.engine.distributed import DistEnv
 from services.trainer.engine.step import StepRunner
 from shared import layout
@@ -67,10 +69,19 @@ def build_learner(options: TrainOptions | PredictOptions, env: DistEnv, runner: 
         share = crawl_share(options.online_crawl_share, test_time=test_time)
         crawl = chooser_from(share, lambda: LmdbSplit(replay_data).texts(),
                              lambda split, query: query in ImageCache(cache_dir, split), replay_data)
+    during_training = during_training_source = None
+    if not test_time and options.online_schedule == "training":
+        context_length = options.context_length
+        during_training = TrainingTimeSteps(
+            options.online_step_ratio, options.valid_batch_size,
+            lambda texts: tokenize(texts, context_length), start_step)
+        # Read from the cache only: the live source's prefetch fills it from the job's start.
+        during_training_source = CacheSource(cache_dir, options.online_images, guard, read_ahead=0)
     levers = Levers(budget=StepBudget(options.online_step_ratio, start_step, schedule=schedule,
                                       test_steps=options.online_batch_steps),
                     cycle_images=options.online_cycle_images, keep_images=options.online_keep_images,
-                    replay=replay, replay_ratio=replay_per_pair, crawl=crawl)
+                    replay=replay, replay_ratio=replay_per_pair, crawl=crawl,
+                    during_training=during_training, during_training_source=during_training_source)
     return OnlineLearner(source=source, runner=runner, env=env, transform=image_transform(resolution),
                          emit=emit, seed=options.seed, images_per_query=options.online_images,
                          login_timeout_s=options.online_login_timeout_s, image_index=image_index,

@@ -31,11 +31,13 @@ from PIL import Image
 from services.trainer.online.active import CrawlChooser
 from services.trainer.online.agreement import agreeing
 from services.trainer.online.budget import StepBudget
+from services.trainer.online.interleave import TrainingTimeSteps
 from services.trainer.online.replay import ReplayPairs
-from services.trainer.online.sources import ImageSource
+from services.trainer.online.sources import CacheSource, ImageSource
 from services.trainer.online.types import Fetched
 from services.trainer.engine.distributed import DistEnv
 from services.trainer.engine.step import StepRunner, step_seed
+from shared.image_cache import ImageCache
 from shared.messages import EventPayload, OnlineBatch, OnlinePass, OnlineState
 
 log = logging.getLogger("cnclip.online")
@@ -71,6 +73,10 @@ class Levers:
     replay: ReplayPairs | None = None
     replay_ratio: float = 0.0  # offline pairs per crawled pair in a step
     crawl: CrawlChooser | None = None  # active crawling; None: every query is crawled
+    # online_schedule training: the steps are taken between training steps (interleave.py), on
+    # pictures read from the cache by ``during_training_source``; validation passes only measure.
+    during_training: TrainingTimeSteps | None = None
+    during_training_source: CacheSource | None = None
 
 
 class OnlineLearner:
@@ -100,10 +106,80 @@ class OnlineLearner:
         self._uses: Counter = Counter()  # how often each query has been learnt from (picture cycling)
         self._kept: dict[str, list[int]] = {}  # this pass's agreeing pictures of each query
         self._crawled: set[str] | None = None  # this pass's queries to learn from (active crawling)
+        self._walk: tuple[PassTotals | None, dict[str, list[int]]] = (None, {})  # the training-time walk's
+        self._pass_learns = False  # whether the open validation pass takes online steps
 
     # ---- the OnlineHook seam ---------------------------------------------------------------
     def prefetch(self, split: str, texts: Sequence[str]) -> None:
-        self.source.prefetch(split, self._choose(split, texts))
+        chosen = self._choose(split, texts)
+        self.source.prefetch(split, chosen)
+        if self.levers.during_training is not None:
+            self.levers.during_training.plan(split, chosen)
+
+    def after_train_step(self, train_step: int, epoch: int) -> None:
+        """``online_schedule training``: the online steps the training steps up to ``train_step``
+        have earned, each on the next batch of validation queries with pictures in the cache."""
+        plan = self.levers.during_training
+        if plan is None or not plan.planned:
+            return
+        self.train_step, self.epoch = train_step, epoch
+        for _ in range(plan.earn(train_step)):
+            with self._walk_state():
+                stepped = self._walk_step(plan)
+            if not stepped:
+                break  # no rank had a pair: the step stays owed (every rank sees the same)
+            plan.spent()
+
+    def _walk_step(self, plan: TrainingTimeSteps) -> bool:
+        """One online step of the walk over the validation queries; whether any rank had a pair."""
+        cache = ImageCache(self.levers.during_training_source.cache_dir, plan.split)
+        while True:
+            whole_walk = plan.starts_walk
+            if whole_walk:
+                self._kept = {}  # a new walk: its pictures' agreement is measured again, by the model as it is
+            if self._totals is None:
+                self._open_walk_pass(plan.split)
+            batch = plan.next_batch(cache.__contains__)
+            if batch.not_ready:
+                self._totals.missing["not_cached"] += batch.not_ready
+                self._totals.queries += batch.not_ready
+            if batch.texts or whole_walk or not plan.ends_walk:
+                break
+            # The walk's tail had nothing in the cache: the step goes on with the next walk's
+            # first batch (a step is owed only when no query at all has pictures).
+            self._close_walk_pass(plan.split)
+        if batch.texts:
+            loss = self.learn(plan.split, batch.index, batch.texts, batch.input_ids, batch.attention_mask,
+                              steps=1, source=self.levers.during_training_source)
+        else:  # nothing of this rank's in the cache yet: join the step's collectives only
+            loss = self._step([], batch.input_ids, batch.attention_mask)
+        if plan.ends_walk:
+            self._close_walk_pass(plan.split)
+        return loss is not None
+
+    @contextlib.contextmanager
+    def _walk_state(self) -> Iterator[None]:
+        """The walk's own totals and kept pictures, apart from a validation pass's."""
+        saved = self._totals, self._kept
+        self._totals, self._kept = self._walk
+        try:
+            yield
+        finally:
+            self._walk = self._totals, self._kept
+            self._totals, self._kept = saved
+
+    # A training-time pass (its events) is the walk's learning up to the walk's end or the next
+    # validation, whichever comes first; the walk itself goes on across validations.
+    def _open_walk_pass(self, split: str) -> None:
+        self._totals = PassTotals()
+        self.levers.during_training_source.start_pass(split, self.levers.during_training.texts, self.pass_index)
+
+    def _close_walk_pass(self, split: str) -> None:
+        counters = self.levers.during_training_source.end_pass()
+        if self._totals is not None and not self._totals.pairs:
+            self._totals = None  # nothing was in the cache yet: not a pass
+            return
+        self._report_pass(split, counters)
 
     def before_eval(self, split: str, texts: Sequence[str], *, epoch: int | None = None,
                     train_step: int | None = None, batches: int | None = None) -> None:
@@ -111,9 +187,23 @@ class OnlineLearner:
         if epoch is not None:
             self.epoch = epoch
         self.train_step = train_step
+        plan = self.levers.during_training
+        if plan is None:
+            self.levers.budget.start_pass(train_step, batches)
+        else:
+            with self._walk_state():
+                if self._totals is not None:
+                    self._close_walk_pass(plan.split)
+            # The steps were taken during training; those still owed (their queries' pictures
+            # were not in the cache yet) are taken here, where a batch waits for its pictures.
+            owed = plan.take_owed()
+            self._pass_learns = bool(owed)
+            if not owed:
+                return
+            self.levers.budget.spread(owed, batches)
+        self._pass_learns = True
         self._totals = PassTotals()
         self._kept = {}
-        self.levers.budget.start_pass(train_step, batches)
         self._crawled = None
         texts = self._choose(split, texts)
         self.source.start_pass(split, texts, self.pass_index)
@@ -126,10 +216,15 @@ class OnlineLearner:
         return [text for text in texts if text in self._crawled]
 
     def on_eval_batch(self, split: str, batch_index: int, batch: Any) -> None:
-        self.learn(split, batch_index, batch.texts, batch.input_ids, batch.attention_mask)
+        if self._pass_learns:
+            self.learn(split, batch_index, batch.texts, batch.input_ids, batch.attention_mask)
 
     def after_eval(self, split: str) -> None:
-        counters = self.source.end_pass()
+        if self._pass_learns:
+            self._pass_learns = False
+            self._report_pass(split, self.source.end_pass())
+
+    def _report_pass(self, split: str, counters: dict) -> None:
         totals = self._totals or PassTotals()
         self._send(OnlinePass(split=split, epoch=self.epoch, pass_index=self.pass_index,
                               queries=totals.queries, pairs=totals.pairs, steps=totals.steps,
@@ -146,9 +241,12 @@ class OnlineLearner:
 
     # ---- one batch --------------------------------------------------------------------------
     def learn(self, split: str, batch_index: int, texts: Sequence[str], input_ids: torch.Tensor,
-              attention_mask: torch.Tensor) -> float | None:
-        """The online steps the budget gives this batch, on its queries' crawled pictures; returns
-        the last step's loss, or None when no step was taken (no budget, or no rank had a pair)."""
+              attention_mask: torch.Tensor, *, steps: int | None = None,
+              source: ImageSource | None = None) -> float | None:
+        """The online steps the budget gives this batch (``steps`` when given), on its queries'
+        crawled pictures from ``source`` (default: the learner's); returns the last step's loss,
+        or None when no step was taken (no budget, or no rank had a pair)."""
+        source = source or self.source
         started = time.perf_counter()
         first_row: dict[str, int] = {}
         for row, text in enumerate(texts):
@@ -156,9 +254,9 @@ class OnlineLearner:
         skipped = 0
         if self._crawled is not None:  # active crawling left the others uncrawled
             skipped = sum(text not in self._crawled for text in first_row)
-        fetched = self.source.take([t for t in first_row if self._crawled is None or t in self._crawled])
+        fetched = source.take([t for t in first_row if self._crawled is None or t in self._crawled])
         wait_ms = round((time.perf_counter() - started) * 1000, 1)
-        n_steps = self.levers.budget.steps_for_batch()
+        n_steps = self.levers.budget.steps_for_batch() if steps is None else steps
         missing, leaked, disagreeing = Counter(), 0, 0
         pictures: dict[str, list[tuple[torch.Tensor, bytes]]] = {}
         for text in first_row:
@@ -328,6 +426,8 @@ class OnlineLearner:
 
     def close(self) -> None:
         self.source.close()
+        if self.levers.during_training_source is not None:
+            self.levers.during_training_source.close()
 
 
 @contextlib.contextmanager

@@ -139,6 +139,7 @@ class Trainer:
             window_samples += result.samples
             if not math.isfinite(result.loss):
                 raise TrainingError(f"the loss became {result.loss} at step {self.step}; lower --lr or use another --precision")
+            self.online.after_train_step(self.step, epoch + 1)
             if self.step % config.log_interval == 0 or self.step == self.max_steps:
                 elapsed = time.perf_counter() - window_start
                 self._report_step(epoch, lr, result, window_samples / elapsed if elapsed > 0 else None)

@@ -13,7 +13,12 @@ and is never given the trainer. The loop calls, per validation pass:
   last pass);
 - ``on_eval_batch(split, batch_index, batch)`` once per batch, before it is embedded, with the
   batch as loaded (texts, token ids and attention mask): the learner steps there;
-- ``after_eval(split)``: report the pass's totals.
+- ``after_eval(split)``: report the pass's totals;
+
+and after every training step ``after_train_step(step, epoch)`` (the step count reached and its
+epoch, counted from 1): where the online steps are taken during training (``online_schedule
+training``), the hook takes there those the training steps have earned, and a validation pass
+takes only those still owed.
 
 ``online_steps`` (online steps taken over the run) goes into every checkpoint; ``epoch`` is the
 epoch of the last pass (None before one); ``close()`` ends the hook's work when the run ends.
@@ -37,6 +42,8 @@ class OnlineHook(Protocol):
 
     def after_eval(self, split: str) -> None: ...
 
+    def after_train_step(self, step: int, epoch: int) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -58,6 +65,9 @@ class NoOnline:
         pass
 
     def after_eval(self, split: str) -> None:
+        pass
+
+    def after_train_step(self, step: int, epoch: int) -> None:
         pass
 
     def close(self) -> None:

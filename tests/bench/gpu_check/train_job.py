@@ -28,7 +28,7 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 # --- Validation with online learning from the crawler cache ---------------------------------
 # One more step from the job's checkpoint, then a validation pass with `--online cache`: a step
-# per validation batch (`--online-step-ratio none`: the one training step would earn none) on the
+# per validation batch (`--online-schedule validation --online-step-ratio none`: the one training step would earn none) on the
 # pictures the demo shop serves for each query (cached beforehand, so no browser is needed on
 # the GPU machine).
 ONLINE_CACHE_OPTION = "--online-images"
@@ -49,7 +49,7 @@ def online_cache_validation(train_help: str, train_args: list[str], data: Path, 
         args[args.index(flag) + 1] = value
     args += ["--resume", str(checkpoint), "--online", "cache", "--online-cache-dir", str(work / "online_cache")]
     if "--online-step-ratio" in train_help:
-        args += ["--online-step-ratio", "none"]
+        args += ["--online-schedule", "validation", "--online-step-ratio", "none"]
     record = run_logged(TORCHRUN + ["services.trainer.cli"] + args, work / "train_online.log")
     events = read_events(events_path)
     online = [e["data"] for e in events if e["type"] == "online"]

@@ -19,9 +19,9 @@ from tests.trainer.test_train_loop import make_config
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend=None)
 # The prototype's online learning (one step per batch on picture 0 / pass mod K, nothing else):
 # still reachable with options, and what the tests of the mechanics below check.
-PROTOTYPE = dict(online_step_ratio=None, online_batch_steps=1, online_cycle_images=False, online_keep_images=None, online_replay=0.0,
+PROTOTYPE = dict(online_schedule="validation", online_step_ratio=None, online_batch_steps=1, online_cycle_images=False, online_keep_images=None, online_replay=0.0,
                  online_crawl_share=None)
-PROTOTYPE_CLI = ["--online-step-ratio", "none", "--online-batch-steps", "1", "--online-cycle-images", "off", "--online-keep-images", "none",
+PROTOTYPE_CLI = ["--online-schedule", "validation", "--online-step-ratio", "none", "--online-batch-steps", "1", "--online-cycle-images", "off", "--online-keep-images", "none",
                  "--online-replay", "0", "--online-interpolate", "1", "--online-crawl-share", "none"]
 
 

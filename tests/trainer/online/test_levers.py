@@ -11,6 +11,7 @@ import torch
 from services.trainer.cli import main
 from services.trainer.online.agreement import agreeing
 from services.trainer.online.budget import StepBudget
+from services.trainer.online.interleave import TrainingTimeSteps
 from services.trainer.engine.distributed import DistEnv
 from services.trainer.train.events import JsonLinesSink
 from services.trainer.train.run import build_trainer
@@ -87,7 +88,8 @@ def test_default_levers_in_training_budget_filter_and_replay(synthetic_data, tmp
     events = tmp_path / "events.jsonl"
     config = make_config(synthetic_data, tmp_path, online="cache", online_cache_dir=str(tmp_path / "cache"),
                          online_dedupe_gallery=False, max_steps=8, valid_step_interval=4, valid_epoch_interval=-1,
-                         valid_batch_size=256, online_step_ratio=0.5, online_keep_images=3, online_replay=1.0)
+                         valid_batch_size=256, online_step_ratio=0.5, online_keep_images=3, online_replay=1.0,
+                         online_schedule="validation")
     sink = JsonLinesSink(events)
     trainer = build_trainer(config, CPU, sink)
     trainer.fit()
@@ -113,7 +115,7 @@ def test_each_use_of_a_query_takes_its_next_picture_unless_told_the_prototypes_w
     config = make_config(synthetic_data, tmp_path, online="cache", online_cache_dir=str(tmp_path / "cache"),
                          online_dedupe_gallery=False, max_steps=3, valid_step_interval=1, valid_epoch_interval=-1,
                          valid_batch_size=256, online_step_ratio=None, online_keep_images=None, online_replay=0.0,
-                         online_cycle_images=cycle)
+                         online_cycle_images=cycle, online_schedule="validation")
     sink = JsonLinesSink(events)
     trainer = build_trainer(config, CPU, sink)
     trainer.fit()
@@ -132,12 +134,153 @@ def test_the_same_amount_is_learnt_whether_validation_runs_often_or_seldom(synth
     for every in (2, 8):
         config = make_config(synthetic_data, tmp_path / str(every), online="cache",
                              online_cache_dir=str(tmp_path / "cache"), online_dedupe_gallery=False, max_steps=8,
-                             valid_step_interval=every, valid_epoch_interval=-1, online_step_ratio=0.5)
+                             valid_step_interval=every, valid_epoch_interval=-1, online_step_ratio=0.5,
+                             online_schedule="validation")
         trainer = build_trainer(config, CPU)
         trainer.fit()
         trainer.close()
         totals[every] = (len(trainer.result.validations), trainer.online.online_steps)
     assert totals == {2: (4, 4), 8: (1, 4)}
+
+
+# ---- online steps during training -----------------------------------------------------------
+def _plan(ratio, texts, batch_size=2):
+    plan = TrainingTimeSteps(ratio, batch_size, lambda t: (torch.zeros(len(t), 4), torch.ones(len(t), 4)))
+    plan.plan("valid", texts)
+    return plan
+
+
+def test_steps_during_training_are_taken_as_they_are_earned():
+    plan, taken = _plan(0.25, ["a", "b", "c"]), []
+    for step in range(1, 13):
+        owed = plan.earn(step)
+        for _ in range(owed):
+            plan.spent()
+        taken.append(owed)
+    assert taken == [0, 0, 0, 1] * 3  # one online step every four training steps
+    # Steps no rank had a pair for stay owed, and are made up at most one extra a training step.
+    plan = _plan(0.5, ["a"])
+    assert [plan.earn(step) for step in range(1, 9)] == [0, 1, 1, 2, 2, 2, 2, 2]
+    with pytest.raises(ValueError, match="positive online_step_ratio"):
+        TrainingTimeSteps(0, 2, None)
+
+
+def test_steps_during_training_walk_the_validation_queries_whose_pictures_are_ready():
+    plan = _plan(1.0, ["a", "b", "a", "c", "d", "e"])  # "a" repeated: each query once a walk
+    walked = []
+    for _ in range(6):
+        starts = plan.starts_walk
+        batch = plan.next_batch(lambda text: True)
+        walked.append((batch.index, batch.texts, starts, plan.ends_walk))
+        assert batch.input_ids.shape[0] == len(batch.texts)
+    assert walked == [(0, ["a", "b"], True, False), (1, ["c", "d"], False, False), (2, ["e"], False, True)] * 2
+    # Queries with no pictures yet are passed over: a step gets a full batch when there is one.
+    plan = _plan(1.0, ["a", "b", "c", "d", "e"])
+    first = plan.next_batch(lambda text: text in "ace")
+    assert (first.texts, first.not_ready, plan.ends_walk) == (["a", "c"], 1, False)
+    second = plan.next_batch(lambda text: text in "ace")
+    assert (second.texts, second.not_ready, plan.ends_walk) == (["e"], 1, True)
+    nothing = plan.next_batch(lambda text: False)
+    assert (nothing.texts, nothing.not_ready, tuple(nothing.input_ids.shape), plan.ends_walk) == ([], 5, (0, 4), True)
+
+
+def test_online_steps_during_training_do_not_depend_on_the_validation_schedule(synthetic_data, tmp_path):
+    texts = [t["text"] for t in synthetic_data.manifest["texts"]["valid"]]
+    fill_cache(tmp_path / "cache", "valid", texts[:len(texts) // 2])  # the other half never arrives
+    runs = {}
+    for every in (2, 8):
+        events = tmp_path / f"events-{every}.jsonl"
+        config = make_config(synthetic_data, tmp_path / str(every), online="cache",
+                             online_cache_dir=str(tmp_path / "cache"), online_dedupe_gallery=False, max_steps=8,
+                             valid_step_interval=every, valid_epoch_interval=-1, online_step_ratio=0.5,
+                             online_schedule="training", valid_batch_size=16)
+        sink = JsonLinesSink(events)
+        trainer = build_trainer(config, CPU, sink)
+        trainer.fit()
+        trainer.close()
+        sink.close()
+        runs[every] = (trainer.model.state_dict(), _events(events, "online"), len(trainer.result.validations))
+        assert trainer.online.online_steps == 4  # 0.5 x 8 training steps, however often validation ran
+    (often, often_batches, often_validations), (seldom, seldom_batches, seldom_validations) = runs[2], runs[8]
+    assert (often_validations, seldom_validations) == (4, 1)
+    # The same steps on the same pairs at the same moments: the same weights.
+    assert [b["pairs_sha256"] for b in often_batches] == [b["pairs_sha256"] for b in seldom_batches]
+    for key in often:
+        torch.testing.assert_close(often[key], seldom[key], rtol=0, atol=0)
+    # Queries whose pictures are not in the cache are passed over (counted in the pass), so
+    # each step has a full batch of pairs.
+    assert [(b["steps"], b["pairs"], b["queries"]) for b in often_batches] == [(1, 16, 16), (1, 14, 14)] * 2
+    seldom_passes = _events(tmp_path / "events-8.jsonl", "online_pass")  # 30 of the 60 queries, twice
+    assert [(p["pairs"], p["missing"], p["steps"]) for p in seldom_passes] == [(30, {"not_cached": 30}, 2)] * 2
+    # Validating more often cuts the reports (a pass ends at a validation too), not the learning.
+    often_passes = _events(tmp_path / "events-2.jsonl", "online_pass")
+    assert len(often_passes) == 4 and sum(p["pairs"] for p in often_passes) == 60
+    assert sum(p["steps"] for p in often_passes) == 4
+
+
+def test_a_walk_whose_last_queries_have_no_pictures_goes_straight_on_to_the_next(synthetic_data, tmp_path):
+    texts = list(dict.fromkeys(t["text"] for t in synthetic_data.manifest["texts"]["valid"]))
+    fill_cache(tmp_path / "cache", "valid", texts[:16])  # the walk's first batch; nothing after it
+    runs = {}
+    for every in (2, 8):
+        events = tmp_path / f"tail-{every}.jsonl"
+        config = make_config(synthetic_data, tmp_path / f"tail{every}", online="cache",
+                             online_cache_dir=str(tmp_path / "cache"), online_dedupe_gallery=False, max_steps=8,
+                             valid_step_interval=every, valid_epoch_interval=-1, online_step_ratio=0.5,
+                             online_schedule="training", valid_batch_size=16)
+        sink = JsonLinesSink(events)
+        trainer = build_trainer(config, CPU, sink)
+        trainer.fit()
+        trainer.close()
+        sink.close()
+        runs[every] = ([(b["steps"], b["pairs"]) for b in _events(events, "online")], trainer.model.state_dict())
+    # Every step on the 16 queries with pictures, during training: none owed to a validation pass.
+    assert runs[2][0] == runs[8][0] == [(1, 16)] * 4
+    for key in runs[2][1]:
+        torch.testing.assert_close(runs[2][1][key], runs[8][1][key], rtol=0, atol=0)
+
+
+def test_steps_still_owed_are_taken_by_the_next_validation_pass():
+    plan = _plan(0.5, ["a"])
+    for step in range(1, 5):
+        plan.earn(step)  # no rank had a pair: nothing spent
+    assert plan.take_owed() == 2 and plan.take_owed() == 0
+    budget = StepBudget(0.5)
+    budget.spread(2, 3)
+    assert [budget.steps_for_batch() for _ in range(3)] == [0, 1, 1] and budget.rate is None
+
+
+class _PicturesArriveAtValidation:
+    """A sink that puts the validation queries' pictures in the cache when validation starts, as
+    a crawl slower than training would."""
+
+    def __init__(self, cache, texts):
+        self.cache, self.texts, self.events = cache, texts, []
+
+    def emit(self, type, **data):
+        if type == "phase" and data.get("name") == "validation":
+            fill_cache(self.cache, "valid", self.texts)
+        self.events.append((type, data))
+
+    def close(self):
+        pass
+
+
+def test_a_crawl_slower_than_training_loses_no_online_step(synthetic_data, tmp_path):
+    texts = [t["text"] for t in synthetic_data.manifest["texts"]["valid"]]
+    sink = _PicturesArriveAtValidation(tmp_path / "cache", texts)
+    config = make_config(synthetic_data, tmp_path, online="cache", online_cache_dir=str(tmp_path / "cache"),
+                         online_dedupe_gallery=False, max_steps=4, valid_step_interval=4, valid_epoch_interval=-1,
+                         online_step_ratio=0.5, online_schedule="training", valid_batch_size=16)
+    trainer = build_trainer(config, CPU, sink)
+    trainer.fit()
+    trainer.close()
+    online = [data for kind, data in sink.events if kind == "online"]
+    # Nothing was in the cache while training: the two steps earned are the validation pass's.
+    assert trainer.online.online_steps == 2
+    assert sum(o["steps"] for o in online) == 2 and all(o["pairs"] > 0 for o in online if o["steps"])
+    first_online = next(i for i, (kind, _) in enumerate(sink.events) if kind == "online")
+    assert any(kind == "phase" and data["name"] == "validation" for kind, data in sink.events[:first_online])
 
 
 # ---- test time ------------------------------------------------------------------------------
