@@ -1,7 +1,8 @@
-"""The online learner: before an evaluation batch is embedded, one training step on
-(crawled image, query) pairs for that batch's queries.
+"""The online learner: training steps on (crawled image, query) pairs of the evaluation
+queries, between training steps (``online_schedule training``, interleave.py) or before an
+evaluation batch is embedded, on that batch's queries (validation passes, test time).
 
-It implements the loop's ``OnlineHook`` (validation during training) and is driven directly by
+It implements the loop's ``OnlineHook`` (training and validation) and is driven directly by
 test-time adaptation (prediction). It knows nothing of the mode: an image source
 (sources.py) hands it each query's crawled images or the reason there are none.
 
