@@ -177,3 +177,26 @@ def shop_server():
 def shop(shop_server):
     shop_server.reset()
     yield shop_server
+
+
+class Skin:
+    """The skin's switches (``/_test/taobao``) of one shop."""
+
+    def __init__(self, shop: ShopServer):
+        self.shop = shop
+
+    def set(self, **switches) -> dict:
+        response = httpx.post(self.shop.url("/_test/taobao"), json=switches)
+        response.raise_for_status()
+        return response.json()
+
+    def reset(self) -> None:
+        httpx.delete(self.shop.url("/_test/taobao")).raise_for_status()
+
+
+@pytest.fixture()
+def skin(shop):
+    skin = Skin(shop)
+    skin.reset()
+    yield skin
+    skin.reset()

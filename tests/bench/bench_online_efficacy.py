@@ -369,6 +369,18 @@ def verdict(rows: list[dict[str, Any]], summary: dict[str, Any], args: argparse.
         if diffs:
             result["schedule_closed_diff_mean"] = round(statistics.fmean(diffs), 3)
             result["schedule_closed_diff_max"] = round(max(diffs), 3)
+        # The first schedule's run is live, the others replay its cache: with --cache-repeat the
+        # first schedule is replayed too, so these differ in the schedule alone.
+        same_source: dict[str, dict[str, float]] = {}
+        for row in rows:
+            if row.get("config") != config or row.get("wrong_item_rate") != main_rate:
+                continue
+            if row["kind"] == "online_cache_repeat" or (row["kind"] == "online" and row.get("mode") == "cache"):
+                same_source.setdefault(row["data"], {})[row["schedule"]] = row["closed"]
+        cached = [max(v.values()) - min(v.values()) for v in same_source.values() if len(v) == len(schedules)]
+        if cached:
+            result["schedule_closed_diff_from_cache_mean"] = round(statistics.fmean(cached), 3)
+            result["schedule_closed_diff_from_cache_max"] = round(max(cached), 3)
     for kind in ("online", "tta"):
         active = active_crawling(rows, kind, schedules[0], main_rate)
         if active:

@@ -17,7 +17,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from shared import redis_keys
 from tests.control.conftest import sign_in
-from tests.crawler.test_taobao_profile import FAST, Skin, taobao_profile
+from tests.crawler.test_taobao_profile import FAST, taobao_profile
 from tests.fixtures_crawler import log_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -28,14 +28,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 # 24 px margin, so the knob's centre is at (24 + 50 + 20, 24 + 20 + 17) in the view.
 DIALOG_KNOB = (94, 61)
 TRACK = 300
-
-
-@pytest.fixture()
-def skin(shop):
-    skin = Skin(shop)
-    skin.reset()
-    yield skin
-    skin.reset()
 
 
 def test_the_operator_drags_the_slider_through_the_control_page(

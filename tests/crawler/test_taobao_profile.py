@@ -23,7 +23,7 @@ from services.crawler.profile import PROFILES_DIR
 from shared import redis_keys
 from shared.image_validation import check_prepared
 from tests.fixtures_crawler import CrawlClient, CrawlerWorker, log_in
-from tests.fixtures_shop import REPO_ROOT, ShopServer
+from tests.fixtures_shop import REPO_ROOT, ShopServer, Skin
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -51,29 +51,6 @@ def taobao_profile(tmp_path: Path, **pace: str) -> str:
     path = tmp_path / "taobao.toml"
     path.write_text(text.replace("human_wait_s = 300", "human_wait_s = 60"), encoding="utf-8")
     return str(path)
-
-
-class Skin:
-    """The skin's switches (``/_test/taobao``) of one shop."""
-
-    def __init__(self, shop: ShopServer):
-        self.shop = shop
-
-    def set(self, **switches) -> dict:
-        response = httpx.post(self.shop.url("/_test/taobao"), json=switches)
-        response.raise_for_status()
-        return response.json()
-
-    def reset(self) -> None:
-        httpx.delete(self.shop.url("/_test/taobao")).raise_for_status()
-
-
-@pytest.fixture()
-def skin(shop):
-    skin = Skin(shop)
-    skin.reset()
-    yield skin
-    skin.reset()
 
 
 def crawl(client: CrawlClient, query: str, n: int, job: str, timeout: float = 120.0):

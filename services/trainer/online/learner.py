@@ -252,17 +252,15 @@ class OnlineLearner:
         first_row: dict[str, int] = {}
         for row, text in enumerate(texts):
             first_row.setdefault(text, row)  # a query paired with several images counts once
-        skipped = 0
-        if self._crawled is not None:  # active crawling left the others uncrawled
-            skipped = sum(text not in self._crawled for text in first_row)
-        fetched = source.take([t for t in first_row if self._crawled is None or t in self._crawled])
+        # Active crawling left the others uncrawled: neither asked for nor learnt from.
+        crawled = [t for t in first_row if self._crawled is None or t in self._crawled]
+        skipped = len(first_row) - len(crawled)
+        fetched = source.take(crawled)
         wait_ms = round((time.perf_counter() - started) * 1000, 1)
         n_steps = self.levers.budget.steps_for_batch() if steps is None else steps
         missing, leaked, disagreeing = Counter(), 0, 0
         pictures: dict[str, list[tuple[torch.Tensor, bytes]]] = {}
-        for text in first_row:
-            if self._crawled is not None and text not in self._crawled:
-                continue
+        for text in crawled:
             got = fetched.get(text) or Fetched(text, reason="failed")
             leaked += got.dropped_leaked
             usable = self._pictures(got) if n_steps else [(None, b"")] * len(got.images)
