@@ -198,6 +198,11 @@ class OnlineOptions(_Options):
         3, ge=1, le=20,
         description="keep the N crawled images of a query that agree most with its other images (image "
                     "embeddings), dropping outliers such as wrong items; none: keep every image")
+    online_agreement_neighbours: Annotated[int | None, BeforeValidator(_none_word)] = Field(
+        None, ge=1, le=19,
+        description="how online_keep_images measures an image's agreement: its mean similarity to its N most "
+                    "similar other images of the query (the densest group wins, even when wrong items are "
+                    "half of them); none: to all its other images")
     online_replay: Annotated[float, Field(ge=0, le=16)] | Literal["auto"] = Field(
         "auto",
         description="offline pairs mixed into each online step per crawled pair, so the model keeps what it "

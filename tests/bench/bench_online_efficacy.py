@@ -6,12 +6,15 @@ validation and test queries mix seen concepts with unseen ones. A tiny model tra
 the demo shop (``--wrong-item-rate``: the share of results showing the wrong item) is crawled by
 real crawler workers (headless Chromium) over real Redis. For every data set:
 
-- offline: train with validation, online off;
+- offline: train with validation, online off; ``--noise-floor`` trains it again with the next
+  training seed (row kind ``offline_reseeded``): its "closed" and "seen_lost" are what one run
+  of one recipe differs from another by chance, the floor under any single set's figure;
 - online, for each ``--configs`` (sets of online options) and each ``--schedules`` (validation
   every epoch, every N steps): the first run of each crawl share (``online_crawl_share``: active
-  crawling asks for fewer queries) crawls live into a fresh cache of its own, its crawl requests
-  counted, and every other run of that share replays that cache;
-  ``--cache-repeat`` also replays the live run itself (it should repeat it exactly);
+  crawling asks for fewer queries) and number of images (``online_images``) crawls live into a
+  fresh cache of its own, its crawl requests counted, and every other run of those replays it;
+  ``--cache-repeat`` also replays each live run from its cache (every picture there from the
+  start; the same weights whatever the validation schedule);
 - test-time online on the offline model, for each ``--tta-configs``: ``online_max_epochs``
   passes over the test queries at ``--tta-lr`` (live or replayed, as above).
 
@@ -170,10 +173,13 @@ def online_summary(passes: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def share_label(options: dict[str, Any], *, test_time: bool) -> str:
-    """Runs that ask the crawler for the same queries share a cache (named by their share)."""
+    """Runs that ask the crawler for the same queries and number of images share a cache (named
+    by their share, and K when it is not the default)."""
     share = crawl_share(options.get("online_crawl_share", OnlineOptions.model_fields["online_crawl_share"].default),
                         test_time=test_time)
-    return "all" if share is None else f"{share:g}"
+    label = "all" if share is None else f"{share:g}"
+    images = int(options.get("online_images", OnlineOptions.model_fields["online_images"].default))
+    return label if images == OnlineOptions.model_fields["online_images"].default else f"{label}-k{images}"
 
 
 class Grid:
@@ -198,7 +204,8 @@ class Grid:
         return DataSet(label, root, seen, read_ground_truth(root / "data" / "test_texts.jsonl"))
 
     # ---- runs ------------------------------------------------------------------------------
-    def train(self, data: DataSet, name: str, schedule: str, **online: Any) -> tuple[Path, dict[str, Any]]:
+    def train(self, data: DataSet, name: str, schedule: str, *, seed: int | None = None,
+              **online: Any) -> tuple[Path, dict[str, Any]]:
         args = self.args
         interval = dict(valid_epoch_interval=1, valid_step_interval=None) if schedule == "epoch" else \
             dict(valid_epoch_interval=None, valid_step_interval=int(schedule))
@@ -207,7 +214,7 @@ class Grid:
             logs=str(data.root / "runs"), name=name, job_id=f"{name}-{time.time_ns()}", **TINY,
             context_length=args.context_length, num_workers=0, valid_num_workers=0,
             batch_size=args.batch_size, valid_batch_size=args.batch_size, max_steps=args.steps, lr=args.lr,
-            wd=0.01, warmup=10, seed=args.train_seed, no_progress=True, online_wait_s=1800, **interval,
+            wd=0.01, warmup=10, seed=args.train_seed if seed is None else seed, no_progress=True, online_wait_s=1800, **interval,
             **online)
         config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         sink = Recorder()
@@ -265,17 +272,24 @@ class Grid:
         figures["gap"] = round(figures["seen_mr"] - figures["unseen_mr"], 2)
         self.offline[data.label] = figures
         self.record(data, "offline", figures)
+        if self.args.noise_floor:
+            # The same offline run with another training seed: how far apart two runs of one
+            # recipe land on this set, against which one run's gain or loss is read.
+            seed = self.args.train_seed + 1
+            checkpoint, info = self.train(data, "offline-reseeded", "epoch", seed=seed)
+            self.record(data, "offline_reseeded", {"train": info, **self.predict(data, "offline-reseeded", checkpoint)},
+                        train_seed=seed)
 
     def run_online(self, data: DataSet, rate: float, configs: list[tuple[str, dict]], schedules: list[str],
                    cache_repeat: bool) -> None:
-        crawled: set[str] = set()
+        crawled: dict[str, tuple[str, dict]] = {}  # cache label -> the configuration that crawled it
         for c, (config_name, options) in enumerate(configs):
             # Every schedule for the first configuration; the others on the first schedule.
             for s, schedule in enumerate(schedules if c == 0 else schedules[:1]):
                 share = share_label(options, test_time=False)
                 cache = data.root / f"cache-train-{rate:g}-{share}"
                 live = share not in crawled
-                crawled.add(share)
+                crawled.setdefault(share, (config_name, options))
                 name = f"online-{rate:g}-{config_name}-{schedule}"
                 checkpoint, info = self.train(data, name, schedule, online="live" if live else "cache",
                                               online_cache_dir=str(cache), **options)
@@ -284,9 +298,9 @@ class Grid:
                     figures["crawled_queries"] = len(ImageCache(cache, "valid").queries())
                 self.record(data, "online", figures, mode="live" if live else "cache", config=config_name,
                             schedule=schedule, wrong_item_rate=rate, crawl_share=share)
-        if cache_repeat:
-            config_name, options = configs[0]
-            cache = data.root / f"cache-train-{rate:g}-{share_label(options, test_time=False)}"
+        # Each live run again from its cache, every picture there from the start.
+        for share, (config_name, options) in crawled.items() if cache_repeat else ():
+            cache = data.root / f"cache-train-{rate:g}-{share}"
             name = f"online-{rate:g}-{config_name}-{schedules[0]}-repeat"
             checkpoint, info = self.train(data, name, schedules[0], online="cache", online_cache_dir=str(cache),
                                           **options)
@@ -332,6 +346,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         lost = [r["seen_lost"] for r in members]
         worst = min(members, key=lambda r: r.get("closed") if r.get("closed") is not None else 9)
         out[key] = {"closed": spread(closed) if closed else None, "seen_lost_mean": round(statistics.fmean(lost), 2),
+                    "seen_lost_sd": round(statistics.stdev(lost), 2) if len(lost) > 1 else 0.0,
                     "seen_lost_max": round(max(lost), 2), "worst_data": worst["data"]}
     return out
 
@@ -457,6 +472,8 @@ def main() -> int:
                         help="give test-time online the training split as online_replay_data")
     parser.add_argument("--no-tta", action="store_true")
     parser.add_argument("--no-online", action="store_true", help="test-time online only (with --tta-configs)")
+    parser.add_argument("--noise-floor", action="store_true",
+                        help="train each offline model again with the next training seed: the noise floor")
     parser.add_argument("--cache-repeat", action="store_true", help="replay the live run from its cache too")
     parser.add_argument("--rows", default=None, help="append every run's row to this JSON-lines file")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
@@ -523,7 +540,8 @@ def main() -> int:
             r["unseen_mr"] == l["unseen_mr"] and r["seen_mr"] == l["seen_mr"]
             for r in grid.rows if r["kind"] == "online_cache_repeat"
             for l in grid.rows if l["kind"] == "online" and l.get("mode") == "live" and l["data"] == r["data"]
-            and l["wrong_item_rate"] == r["wrong_item_rate"]) if args.cache_repeat else None,
+            and l["wrong_item_rate"] == r["wrong_item_rate"] and l.get("config") == r.get("config"))
+        if args.cache_repeat else None,
         "wall_s": round(time.monotonic() - started, 1),
         "cpu_count": os.cpu_count(),
         "load_average_1min": [round(load_before[0], 1), round(os.getloadavg()[0], 1)],

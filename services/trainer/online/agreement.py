@@ -11,14 +11,22 @@ from __future__ import annotations
 import torch
 
 
-def agreeing(features: torch.Tensor, keep: int) -> list[int]:
-    """Indices (in crawl order) of the ``keep`` rows of L2-normalised ``features`` with the
-    highest mean similarity to the other rows; all of them when there are at most ``keep``."""
+def agreeing(features: torch.Tensor, keep: int, neighbours: int | None = None) -> list[int]:
+    """Indices (in crawl order) of the ``keep`` rows of L2-normalised ``features`` that agree
+    most with the others; all of them when there are at most ``keep``.
+
+    A row's agreement is its mean cosine similarity to the other rows, or, with ``neighbours``,
+    to its ``neighbours`` most similar other rows. The mean over all rows counts every wrong
+    item against every right one, so when wrong items are many it favours pictures halfway
+    between; the nearest neighbours measure how dense the picture's own group is, and the
+    right item, shown several times, is the densest group."""
     n = features.shape[0]
     if n <= keep:
         return list(range(n))
     similarity = features.float() @ features.float().T
-    score = (similarity.sum(dim=1) - similarity.diagonal()) / (n - 1)
+    others = similarity.masked_fill(torch.eye(n, dtype=torch.bool), float("-inf"))
+    count = n - 1 if neighbours is None else min(neighbours, n - 1)
+    score = others.topk(count, dim=1).values.mean(dim=1)
     # Ties go to the earlier picture (a search ranks its best results first).
     order = sorted(range(n), key=lambda i: (-round(score[i].item(), 6), i))
     return sorted(order[:keep])

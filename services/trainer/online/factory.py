@@ -80,6 +80,7 @@ def build_learner(options: TrainOptions | PredictOptions, env: DistEnv, runner: 
     levers = Levers(budget=StepBudget(options.online_step_ratio, start_step, schedule=schedule,
                                       test_steps=options.online_batch_steps),
                     cycle_images=options.online_cycle_images, keep_images=options.online_keep_images,
+                    agreement_neighbours=options.online_agreement_neighbours,
                     replay=replay, replay_ratio=replay_per_pair, crawl=crawl,
                     during_training=during_training, during_training_source=during_training_source)
     return OnlineLearner(source=source, runner=runner, env=env, transform=image_transform(resolution),

@@ -71,6 +71,7 @@ class Levers:
     budget: StepBudget = field(default_factory=lambda: StepBudget(None))
     cycle_images: bool = False  # each use of a query takes its next kept picture
     keep_images: int | None = None  # the pictures that agree most with the query's others
+    agreement_neighbours: int | None = None  # agreement with the N most similar others; None: all
     replay: ReplayPairs | None = None
     replay_ratio: float = 0.0  # offline pairs per crawled pair in a step
     crawl: CrawlChooser | None = None  # active crawling; None: every query is crawled
@@ -351,7 +352,7 @@ class OnlineLearner:
         dropped, start = 0, 0
         for text in fresh:
             n = len(pictures[text])
-            kept = agreeing(features[start:start + n], keep)
+            kept = agreeing(features[start:start + n], keep, self.levers.agreement_neighbours)
             start += n
             self._kept[text] = kept
             pictures[text] = [pictures[text][i] for i in kept]

@@ -81,6 +81,20 @@ def test_the_picture_that_disagrees_with_the_others_is_dropped():
     assert agreeing(features, 5) == [0, 1, 2, 3, 4]  # nothing to drop when all are kept
 
 
+def test_with_neighbours_the_densest_group_wins_even_when_it_is_the_smaller_one():
+    # Two pictures of the right item, nearly identical; three wrong items that share something
+    # (say, the category) but differ from each other: mean agreement over all the others prefers
+    # the wrong three, agreement with the nearest other picture the right two.
+    eye = torch.eye(8)
+    right = [torch.nn.functional.normalize(eye[0] + 0.05 * eye[6], dim=0),
+             torch.nn.functional.normalize(eye[0] + 0.05 * eye[7], dim=0)]
+    wrong = [torch.nn.functional.normalize(0.84 * eye[1] + 0.55 * eye[k], dim=0) for k in (2, 3, 4)]
+    features = torch.stack([wrong[0], right[0], wrong[1], right[1], wrong[2]])
+    assert agreeing(features, 2) != [1, 3]
+    assert agreeing(features, 2, neighbours=1) == [1, 3]
+    assert agreeing(features, 2, neighbours=4) == agreeing(features, 2)  # all the others: the mean
+
+
 # ---- through the training loop ------------------------------------------------------------
 def test_default_levers_in_training_budget_filter_and_replay(synthetic_data, tmp_path):
     texts = [t["text"] for t in synthetic_data.manifest["texts"]["valid"]]
