@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -26,7 +28,25 @@ class OnlineStack:
 @contextlib.contextmanager
 def online_stack(workdir: Path, ranks: tuple[int, ...] = (0, 1),
                  shop_env: dict[str, str] | None = None) -> Iterator[OnlineStack]:
-    """``shop_env``: the shop's settings (e.g. CNCLIP_SHOP_WRONG_ITEM_RATE)."""
+    """``shop_env``: the shop's settings (e.g. CNCLIP_SHOP_WRONG_ITEM_RATE). A benchmark stopped
+    with SIGTERM (``kill``) still stops the servers and workers it started: the signal becomes
+    SystemExit, so the ``finally`` below runs."""
+    in_main_thread = threading.current_thread() is threading.main_thread()  # where handlers may be set
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if in_main_thread else None
+    try:
+        with _stack(workdir, ranks, shop_env) as stack:
+            yield stack
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _exit_on_sigterm(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def _stack(workdir: Path, ranks: tuple[int, ...], shop_env: dict[str, str] | None) -> Iterator[OnlineStack]:
     redis_server = RedisServer(workdir / "redis").start()
     os.environ["CNCLIP_REDIS_URL"] = redis_server.url  # read by the live source
     os.environ["CNCLIP_DATA_ROOT"] = str(workdir)
