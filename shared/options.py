@@ -202,7 +202,7 @@ class OnlineOptions(_Options):
         None, ge=1, le=19,
         description="how online_keep_images measures an image's agreement: its mean similarity to its N most "
                     "similar other images of the query (the densest group wins, even when wrong items are "
-                    "half of them); none: to all its other images")
+                    "half of them; 2 with online_images 8 suits a noisy shop); none: to all its other images")
     online_replay: Annotated[float, Field(ge=0, le=16)] | Literal["auto"] = Field(
         "auto",
         description="offline pairs mixed into each online step per crawled pair, so the model keeps what it "

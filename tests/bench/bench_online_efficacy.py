@@ -75,8 +75,10 @@ CRAWL_ALL = dict(online_crawl_share=None)
 CRAWL_HALF = dict(online_crawl_share=0.5)
 # The online steps at the validation passes' batches (the budget earned since the last pass).
 AT_VALIDATION = dict(online_schedule="validation")
+# For a noisy shop: more pictures per query, each judged by its two nearest others.
+NOISY_SHOP = dict(online_images=8, online_agreement_neighbours=2)
 PRESETS: dict[str, dict[str, Any]] = {"default": {}, "prototype": PROTOTYPE, "all": CRAWL_ALL, "half": CRAWL_HALF,
-                                      "validation": AT_VALIDATION}
+                                      "validation": AT_VALIDATION, "noisy": NOISY_SHOP}
 # Targets over the grid (shares of the offline gap closed; MR points lost on seen concepts).
 TARGETS = {"online_closed_mean": 0.75, "online_closed_worst": 0.4, "online_seen_lost_max": 1.0,
            "tta_closed_mean": 0.75, "tta_closed_worst": 0.4, "tta_seen_lost_max": 2.0,

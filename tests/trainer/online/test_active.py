@@ -78,3 +78,18 @@ def test_auto_replays_one_offline_pair_per_crawled_pair_in_training_and_two_at_t
     for bad in ("-1", "17", "lots"):
         with pytest.raises(ValidationError, match="online_replay"):
             OnlineOptions(online_replay=bad)
+
+
+def test_agreement_is_measured_against_all_other_pictures_unless_told_the_nearest_n():
+    from pydantic import ValidationError
+
+    from services.trainer.cli import build_parser
+    from shared.options import OnlineOptions
+
+    assert OnlineOptions().online_agreement_neighbours is None
+    args = build_parser("train").parse_args(["train", "--online-agreement-neighbours", "2"])
+    assert OnlineOptions(online_agreement_neighbours=args.online_agreement_neighbours).online_agreement_neighbours == 2
+    assert OnlineOptions(online_agreement_neighbours="none").online_agreement_neighbours is None
+    for bad in ("0", "20", "many"):
+        with pytest.raises(ValidationError, match="online_agreement_neighbours"):
+            OnlineOptions(online_agreement_neighbours=bad)
